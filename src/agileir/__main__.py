@@ -1,0 +1,5 @@
+import sys
+
+from agileir.cli import main
+
+sys.exit(main())

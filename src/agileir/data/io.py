@@ -1,0 +1,150 @@
+"""Image reading/writing and the uint8 <-> tensor conventions used for evaluation.
+
+Why: every score in the project goes through the same steps (read 8-bit image, float in
+[0, 1] for the model, clamp/scale/round back to uint8 before measuring), so they live here once.
+Errors are raised as :class:`agileir.errors.ImageError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from agileir.errors import ImageError
+
+IMAGE_EXTENSIONS = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+# Full-range BT.601 luma, as used by PIL's "L" mode and OpenCV's BGR2GRAY.
+_GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float64)
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """True for file names with a common image extension (case-insensitive)."""
+    return str(path).lower().endswith(IMAGE_EXTENSIONS)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an 8-bit image as ``uint8``: ``(H, W)`` for grayscale, ``(H, W, 3)`` for colour.
+
+    Alpha is dropped and palette images are expanded to RGB. Raises :class:`ImageError` for
+    missing, unreadable or non-8-bit files.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ImageError(f"{p}: no such image file")
+    try:
+        with Image.open(p) as im:
+            im.load()
+            mode = im.mode
+            if mode in ("L", "RGB"):
+                arr = np.asarray(im)
+            elif mode in ("1", "LA"):
+                arr = np.asarray(im.convert("L"))
+            elif mode in ("P", "PA", "RGBA", "CMYK", "YCbCr", "RGBX"):
+                arr = np.asarray(im.convert("RGB"))
+            else:
+                raise ImageError(f"{p}: unsupported image mode {mode!r} (8-bit gray or RGB expected)")
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ImageError(f"{p}: cannot read image ({exc.__class__.__name__}: {exc})") from None
+    return np.ascontiguousarray(arr, dtype=np.uint8)
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Write a ``uint8`` ``(H, W)`` / ``(H, W, 1)`` / ``(H, W, 3)`` image; format from the extension."""
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        raise ImageError(f"{path}: only uint8 images can be written, got {arr.dtype}")
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 3)):
+        raise ImageError(f"{path}: cannot write an image of shape {arr.shape}")
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        Image.fromarray(arr).save(p)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ImageError(f"{p}: cannot write image ({exc})") from None
+
+
+def rgb_to_gray(image: np.ndarray) -> np.ndarray:
+    """Full-range BT.601 luma ``0.299 R + 0.587 G + 0.114 B``, rounded to uint8.
+
+    This is what gray-model pipelines (PIL ``convert("L")``, OpenCV ``BGR2GRAY``) feed to
+    one-channel denoising / JPEG models; it is *not* the studio-range Y used for metrics.
+    """
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        return arr.copy()
+    if arr.shape[2] == 1:
+        return arr[:, :, 0].copy()
+    y = arr[:, :, :3].astype(np.float64) @ _GRAY_WEIGHTS
+    return np.clip(np.floor(y + 0.5), 0, 255).astype(np.uint8)
+
+
+def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    """Return ``image`` as ``(H, W, channels)`` uint8: gray is replicated to RGB, RGB is
+    reduced to luma (:func:`rgb_to_gray`) for one-channel models."""
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.shape[2] == channels:
+        return arr
+    if channels == 3 and arr.shape[2] == 1:
+        return np.repeat(arr, 3, axis=2)
+    if channels == 1 and arr.shape[2] == 3:
+        return rgb_to_gray(arr)[:, :, None]
+    raise ImageError(f"cannot convert a {arr.shape[2]}-channel image to {channels} channels")
+
+
+def uint8_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """``uint8`` ``(H, W[, C])`` -> float32 ``(1, C, H, W)`` in [0, 1]."""
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    t = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).float().div_(255.0)
+    return t.unsqueeze(0)
+
+
+def float_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """float ``(H, W[, C])`` (already in [0, 1] units, not clipped) -> float32 ``(1, C, H, W)``."""
+    arr = np.asarray(image, dtype=np.float32)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).unsqueeze(0)
+
+
+def tensor_to_uint8(x: torch.Tensor) -> np.ndarray:
+    """``(1, C, H, W)`` or ``(C, H, W)`` float in [0, 1] -> uint8 ``(H, W, C)`` (``(H, W)`` if C=1).
+
+    The evaluation convention: clamp to [0, 1], multiply by 255, round half to even
+    (``torch.round``), convert.
+    """
+    t = x.detach()
+    if t.dim() == 4:
+        if t.shape[0] != 1:
+            raise ValueError("tensor_to_uint8 expects a batch of one image")
+        t = t[0]
+    t = t.float().clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8).cpu()
+    arr = t.permute(1, 2, 0).numpy()
+    if arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    return np.ascontiguousarray(arr)
+
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "is_image_file",
+    "read_image",
+    "write_image",
+    "rgb_to_gray",
+    "to_channels",
+    "uint8_to_tensor",
+    "float_to_tensor",
+    "tensor_to_uint8",
+]

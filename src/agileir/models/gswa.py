@@ -1,0 +1,76 @@
+"""Group Shifted Window Attention (GSWA), the attention of AgileIR (SPEC §1).
+
+The C channels are split into G groups, one head each. Groups run in cascade: group j attends
+over ``X_j + Y_{j-1}`` (its own channel slice plus the previous group's output), with small
+queries and keys (``key_dim``, the "projection re-allocation"), values of width C/G, an optional
+depthwise convolution on the queries over the M x M window grid, and its own relative position
+bias. The concatenated group outputs pass an activation and one output projection.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from agileir.models.window_attention import RelativePositionBias, attend
+
+
+class GroupShiftedWindowAttention(RelativePositionBias):
+    """GSWA over windows: (B_, N, C) -> (B_, N, C); ``mask`` is the (nW, N, N) shift mask or None.
+
+    Options (SPEC leaves them open): ``key_dim`` (q/k width per group), ``dwconv_kernel`` (0 turns
+    the depthwise conv on q off), ``activation`` ("relu" or "identity" before the output
+    projection), ``qkv_norm`` (LayerNorm on each group's input before its projection),
+    ``zero_init_proj`` (start the output projection at zero so a block starts as identity).
+    """
+
+    def __init__(self, dim: int, window_size: int, num_heads: int, key_dim: int = 8,
+                 dwconv_kernel: int = 3, activation: str = "relu", qkv_norm: bool = False,
+                 zero_init_proj: bool = False, qkv_bias: bool = True, impl: str = "auto") -> None:
+        super().__init__(window_size, num_heads)
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by {num_heads} groups")
+        self.dim, self.key_dim, self.impl = dim, key_dim, impl
+        self.group_dim = dim // num_heads
+        self.scale = key_dim ** -0.5
+        self.group_qkv = nn.ModuleList(
+            nn.Linear(self.group_dim, 2 * key_dim + self.group_dim, bias=qkv_bias) for _ in range(num_heads))
+        self.qkv_norm = nn.ModuleList(nn.LayerNorm(self.group_dim) for _ in range(num_heads)) if qkv_norm else None
+        self.q_dwconv = nn.ModuleList(
+            nn.Conv2d(key_dim, key_dim, dwconv_kernel, padding=dwconv_kernel // 2, groups=key_dim)
+            for _ in range(num_heads)) if dwconv_kernel else None
+        self.act = nn.ReLU() if activation == "relu" else nn.Identity()
+        self.proj = nn.Linear(dim, dim)
+        if zero_init_proj:
+            nn.init.zeros_(self.proj.weight)
+            nn.init.zeros_(self.proj.bias)
+
+    def group_qkv_projection(self, j: int, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Group j's q (pre-scaled, after the DW conv), k, v from its input z: (B_, N, C/G)."""
+        if self.qkv_norm is not None:
+            z = self.qkv_norm[j](z)
+        q, k, v = self.group_qkv[j](z).split([self.key_dim, self.key_dim, self.group_dim], dim=-1)
+        if self.q_dwconv is not None:
+            b_, n, d = q.shape
+            m = self.window_size
+            grid = q.transpose(1, 2).reshape(b_, d, m, m)
+            q = self.q_dwconv[j](grid).reshape(b_, d, n).transpose(1, 2)
+        return q * self.scale, k, v
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        bias = self.relative_position_bias()  # (G, N, N)
+        impl = self.impl
+        if impl == "auto":
+            impl = "eager"
+        outputs = []
+        y = None
+        for j, x_j in enumerate(x.split(self.group_dim, dim=-1)):
+            z = x_j if y is None else x_j + y
+            q, k, v = self.group_qkv_projection(j, z)
+            y = attend(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), bias[j:j + 1], mask, impl).squeeze(1)
+            outputs.append(y)
+        return self.proj(self.act(torch.cat(outputs, dim=-1)))
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, window_size={self.window_size}, groups={self.num_heads}, "
+                f"key_dim={self.key_dim}")

@@ -1,0 +1,288 @@
+"""Window-attention kernels: ``softmax(q k^T + bias + mask) v`` for one set of heads.
+
+Shapes (all kernels): ``q, k`` (B_, h, N, dk), ``v`` (B_, h, N, dv), ``bias`` (h, N, N) (the
+relative-position bias, usually a learnable table gathered per call) or None, ``mask`` (nW, N, N)
+or None, where ``B_ = batch * nW`` and window ``w`` of image ``b`` is row ``b * nW + w``. The
+softmax scale is the caller's business: ``q`` arrives already scaled. Output (B_, h, N, dv).
+
+Three implementations with identical maths:
+
+* :func:`eager_window_attention` -- the plain reference. Autograd keeps the (B_, h, N, N)
+  probabilities for backward, which is what dominates the training memory of SwinIR.
+* :func:`lean_window_attention` -- a custom autograd Function that keeps only q, k, v, bias,
+  mask, the per-row log-sum-exp and (by default) the output, and recomputes the probabilities in
+  backward. The B_ dimension is processed in chunks in forward *and* backward, so a full
+  (B_, h, N, N) tensor never exists, not even transiently.
+* :func:`fast_window_attention` -- inference path through
+  :func:`torch.nn.functional.scaled_dot_product_attention` with one additive float mask.
+
+:func:`window_attention` dispatches between them (``impl="auto"`` picks "fast" without grad and
+"lean" when training).
+
+Memory kept for backward by the lean kernel (exactly what it passes to ``save_for_backward``,
+which the census in :mod:`agileir.engine.memory` sees): the storages of q, k, v (shared with
+whatever the caller also keeps), bias (h*N*N) and mask (nW*N*N) once per call, and per row of
+(B_, h, N): the log-sum-exp (4 bytes; 8 for float64 inputs) plus, with ``save_out=True``, the
+output (dv elements of the input dtype). For distinct contiguous fp32 q, k, v that is
+``4 * (2*dk + 2*dv + 1)`` bytes per token per head, against ``4 * (2*dk + dv + N)`` for eager.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "IMPLS",
+    "DEFAULT_CHUNK_BYTES",
+    "eager_window_attention",
+    "lean_window_attention",
+    "fast_window_attention",
+    "window_attention",
+    "default_chunk_size",
+]
+
+IMPLS = ("auto", "eager", "lean", "fast")
+
+#: Target size of one chunk's (rows, h, N, N) score block in the compute dtype. Backward holds
+#: two such blocks at once (probabilities and their gradient), forward one.
+DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
+
+
+def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
+                  mask: torch.Tensor | None) -> None:
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"q, k, v must be 4-D (B_, h, N, d); got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    b_, h, n, dk = q.shape
+    if k.shape != q.shape:
+        raise ValueError(f"k shape {tuple(k.shape)} must equal q shape {tuple(q.shape)}")
+    if v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"v shape {tuple(v.shape)} must match q's (B_, h, N) = {(b_, h, n)}")
+    if bias is not None and bias.shape != (h, n, n):
+        raise ValueError(f"bias shape {tuple(bias.shape)} must be (h, N, N) = {(h, n, n)}")
+    if mask is not None:
+        if mask.dim() != 3 or mask.shape[1:] != (n, n):
+            raise ValueError(f"mask shape {tuple(mask.shape)} must be (nW, N, N) with N = {n}")
+        if mask.shape[0] == 0 or b_ % mask.shape[0] != 0:
+            raise ValueError(f"B_ = {b_} is not a multiple of the mask's nW = {mask.shape[0]}")
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Softmax statistics and products run in float32 for 16-bit inputs, else in the input dtype."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def default_chunk_size(b_: int, h: int, n: int, nw: int = 1, element_size: int = 4,
+                       chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
+    """Rows of B_ per chunk so that one (rows, h, N, N) block is about ``chunk_bytes``.
+
+    Rounded down to a multiple of ``nw`` when at least one full period of windows fits, so the
+    shift mask can be broadcast as a view instead of gathered.
+    """
+    per_row = max(1, h * n * n * element_size)
+    rows = max(1, chunk_bytes // per_row)
+    if nw > 1 and rows >= nw:
+        rows = (rows // nw) * nw
+    return int(min(rows, max(1, b_)))
+
+
+def _add_mask_(scores: torch.Tensor, mask: torch.Tensor, start: int) -> None:
+    """In place: ``scores`` (c, h, N, N) for rows start..start+c-1 += mask[row % nW] per row."""
+    c = scores.shape[0]
+    nw = mask.shape[0]
+    m = mask.to(scores.dtype)
+    s0 = start % nw
+    if s0 + c <= nw:  # the chunk sits inside one period of windows: a slice
+        scores.add_(m[s0:s0 + c].unsqueeze(1))
+    elif s0 == 0 and c % nw == 0:  # whole periods: broadcast over images as a view
+        scores.view(c // nw, nw, *scores.shape[1:]).add_(m.unsqueeze(1).unsqueeze(0))
+    else:  # ragged: gather the chunk's rows of the mask (c * N * N, a fraction of the scores)
+        idx = torch.arange(start, start + c, device=mask.device) % nw
+        scores.add_(m.index_select(0, idx).unsqueeze(1))
+
+
+def _scores(qc: torch.Tensor, kc: torch.Tensor, bias_c: torch.Tensor | None,
+            mask: torch.Tensor | None, start: int) -> torch.Tensor:
+    """q k^T + bias + mask for one chunk, in the compute dtype (a fresh (c, h, N, N) tensor)."""
+    s = torch.matmul(qc, kc.transpose(-2, -1))
+    if bias_c is not None:
+        s.add_(bias_c)
+    if mask is not None:
+        _add_mask_(s, mask, start)
+    return s
+
+
+def eager_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                           bias: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
+    """Reference ``softmax(q k^T + bias + mask) v``; autograd keeps the N x N probabilities."""
+    _check_shapes(q, k, v, bias, mask)
+    b_, h, n, _ = q.shape
+    attn = q @ k.transpose(-2, -1)
+    if bias is not None:
+        attn = attn + bias.unsqueeze(0).to(attn.dtype)
+    if mask is not None:
+        nw = mask.shape[0]
+        attn = attn.view(b_ // nw, nw, h, n, n) + mask.unsqueeze(1).unsqueeze(0).to(attn.dtype)
+        attn = attn.view(b_, h, n, n)
+    return attn.softmax(dim=-1) @ v
+
+
+class _LeanWindowAttention(torch.autograd.Function):
+    """Flash-style window attention: saves q, k, v, bias, mask, lse (and out); recomputes P."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,  # type: ignore[override]
+                bias: torch.Tensor | None, mask: torch.Tensor | None, chunk_size: int | None,
+                save_out: bool) -> torch.Tensor:
+        b_, h, n, _ = q.shape
+        dv = v.shape[-1]
+        cdt = _compute_dtype(q.dtype)
+        nw = 1 if mask is None else mask.shape[0]
+        chunk = chunk_size or default_chunk_size(b_, h, n, nw, torch.finfo(cdt).bits // 8)
+        bias_c = None if bias is None else bias.to(cdt)
+        out = torch.empty((b_, h, n, dv), dtype=q.dtype, device=q.device)
+        lse = torch.empty((b_, h, n), dtype=cdt, device=q.device)
+        for s0 in range(0, b_, chunk):
+            s1 = min(b_, s0 + chunk)
+            p = _scores(q[s0:s1].to(cdt), k[s0:s1].to(cdt), bias_c, mask, s0)
+            row_max = p.amax(dim=-1, keepdim=True)
+            p.sub_(row_max).exp_()
+            row_sum = p.sum(dim=-1, keepdim=True)
+            p.div_(row_sum)
+            lse[s0:s1] = (row_max + row_sum.log()).squeeze(-1)
+            out[s0:s1] = torch.matmul(p, v[s0:s1].to(cdt))
+            del p
+        ctx.chunk = chunk
+        ctx.save_out = save_out
+        # Everything backward needs goes through save_for_backward (visible to the memory census
+        # and to saved_tensors_hooks); no tensor is stashed on ctx attributes.
+        ctx.save_for_backward(q, k, v, bias, mask, lse, out if save_out else None)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        q, k, v, bias, mask, lse, out = ctx.saved_tensors
+        need_q, need_k, need_v, need_bias = ctx.needs_input_grad[:4]
+        b_, h, n, _ = q.shape
+        cdt = lse.dtype
+        chunk = ctx.chunk
+        bias_c = None if bias is None else bias.to(cdt)
+        dq = torch.empty_like(q, memory_format=torch.contiguous_format) if need_q else None
+        dk = torch.empty_like(k, memory_format=torch.contiguous_format) if need_k else None
+        dv = torch.empty_like(v, memory_format=torch.contiguous_format) if need_v else None
+        dbias = torch.zeros((h, n, n), dtype=cdt, device=q.device) if need_bias else None
+        for s0 in range(0, b_, chunk):
+            s1 = min(b_, s0 + chunk)
+            qc, kc, vc = q[s0:s1].to(cdt), k[s0:s1].to(cdt), v[s0:s1].to(cdt)
+            go = grad_out[s0:s1].to(cdt)
+            p = _scores(qc, kc, bias_c, mask, s0)
+            p.sub_(lse[s0:s1].unsqueeze(-1)).exp_()  # the forward probabilities, recomputed
+            if need_v:
+                dv[s0:s1] = torch.matmul(p.transpose(-2, -1), go)
+            if not (need_q or need_k or need_bias):
+                continue
+            oc = out[s0:s1].to(cdt) if out is not None else torch.matmul(p, vc)
+            delta = (go * oc).sum(dim=-1, keepdim=True)  # rowsum(dO * O) = rowsum(P * dP)
+            ds = torch.matmul(go, vc.transpose(-2, -1))  # dP
+            ds.sub_(delta).mul_(p)  # dS = P * (dP - delta)
+            del p
+            if need_q:
+                dq[s0:s1] = torch.matmul(ds, kc)
+            if need_k:
+                dk[s0:s1] = torch.matmul(ds.transpose(-2, -1), qc)
+            if need_bias:
+                dbias.add_(ds.sum(dim=0))
+            del ds
+        if dbias is not None:
+            dbias = dbias.to(bias.dtype)
+        return dq, dk, dv, dbias, None, None, None
+
+
+def lean_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                          bias: torch.Tensor | None, mask: torch.Tensor | None,
+                          chunk_size: int | None = None, save_out: bool = True) -> torch.Tensor:
+    """Memory-lean ``softmax(q k^T + bias + mask) v`` that recomputes probabilities in backward.
+
+    Saved for backward: q, k, v, bias, mask, the row log-sum-exp (B_, h, N) in the compute dtype
+    (float32 for 16-bit inputs) and, if ``save_out``, the output (B_, h, N, dv) used for the row
+    term ``delta = rowsum(dO * O)``; with ``save_out=False`` the output is recomputed per chunk in
+    backward (one extra N x N x dv product) and not kept. ``chunk_size`` rows of B_ are processed
+    at a time (default: about :data:`DEFAULT_CHUNK_BYTES` per score block). Gradients flow to q,
+    k, v and bias (summed over B_); the mask gets none. Not twice differentiable.
+    """
+    _check_shapes(q, k, v, bias, mask)
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if mask is not None:
+        mask = mask.detach()
+    return _LeanWindowAttention.apply(q, k, v, bias, mask, chunk_size, save_out)
+
+
+def _pad_last(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    d = x.shape[-1]
+    pad = (-d) % multiple
+    return F.pad(x, (0, pad)) if pad else x
+
+
+def fast_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                          bias: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
+    """Inference path: one ``scaled_dot_product_attention`` call with scale 1 (q is pre-scaled).
+
+    bias and mask are folded into one additive float mask of shape (nW, h, N, N) (only once per
+    call, not per image); the batch of images is a broadcast dimension, so nothing is
+    materialised per image. On CUDA, head dims are zero-padded to a multiple of 8 so the
+    memory-efficient backend applies (zero columns change neither q k^T nor, after slicing, the
+    output). Differentiable through SDPA, but meant for inference: see :func:`window_attention`.
+    """
+    _check_shapes(q, k, v, bias, mask)
+    b_, h, n, _ = q.shape
+    dv = v.shape[-1]
+    dtype = q.dtype
+    attn_mask: torch.Tensor | None = None
+    if bias is not None:
+        attn_mask = bias.to(dtype).unsqueeze(0)  # (1, h, N, N)
+    if mask is not None:
+        m = mask.to(dtype).unsqueeze(1)  # (nW, 1, N, N)
+        attn_mask = m if attn_mask is None else attn_mask + m  # (nW, h or 1, N, N)
+    if q.is_cuda:
+        q, k, v = _pad_last(q, 8), _pad_last(k, 8), _pad_last(v, 8)
+    nw = 1 if attn_mask is None else attn_mask.shape[0]
+    if nw > 1:
+        # Fold windows into the head dimension: (B, nW*h, N, d) against a (1, nW*h', N, N) mask
+        # broadcast over images. reshape copies q/k/v only when their strides demand it.
+        hm = attn_mask.shape[1]
+        attn_mask = attn_mask.expand(nw, h, n, n) if hm != h else attn_mask
+        attn_mask = attn_mask.reshape(1, nw * h, n, n)
+        b = b_ // nw
+        qq = q.reshape(b, nw * h, n, q.shape[-1])
+        kk = k.reshape(b, nw * h, n, k.shape[-1])
+        vv = v.reshape(b, nw * h, n, v.shape[-1])
+        out = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=attn_mask, scale=1.0)
+        out = out.reshape(b_, h, n, out.shape[-1])
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=1.0)
+    if out.shape[-1] != dv:
+        out = out[..., :dv]
+    return out
+
+
+def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
+                     mask: torch.Tensor | None, impl: str = "auto") -> torch.Tensor:
+    """Dispatch ``softmax(q k^T + bias + mask) v`` to a kernel.
+
+    ``impl``: "eager", "lean", "fast", or "auto" = "fast" when no gradient will be taken (grad
+    mode off or no input requires grad), else "lean".
+    """
+    if impl == "auto":
+        needs_grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (q, k, v, bias))
+        impl = "lean" if needs_grad else "fast"
+    if impl == "eager":
+        return eager_window_attention(q, k, v, bias, mask)
+    if impl == "lean":
+        return lean_window_attention(q, k, v, bias, mask)
+    if impl == "fast":
+        return fast_window_attention(q, k, v, bias, mask)
+    raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")

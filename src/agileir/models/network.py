@@ -1,0 +1,233 @@
+"""The restoration network shared by SwinIR and AgileIR (SPEC §1).
+
+mean shift -> 3x3 conv -> K residual groups (L transformer blocks, a conv, a residual) ->
+LayerNorm -> conv + long skip -> head -> mean back. The two families differ only in the
+attention module each transformer block holds (``config.attention``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from agileir.errors import ImageError
+from agileir.models import heads
+from agileir.models.config import NetworkConfig
+from agileir.models.gswa import GroupShiftedWindowAttention
+from agileir.models.window_attention import WindowAttention
+from agileir.models.windows import ShiftMaskCache, window_partition, window_reverse
+
+RGB_MEAN = (0.4488, 0.4371, 0.4040)  # DIV2K mean, as in SwinIR
+
+
+def build_attention(config: NetworkConfig, num_heads: int) -> nn.Module:
+    """The attention module of one transformer block, chosen by ``config.attention``."""
+    if config.attention == "window":
+        return WindowAttention(config.embed_dim, config.window_size, num_heads, config.qkv_bias,
+                               impl=config.attention_impl)
+    return GroupShiftedWindowAttention(
+        config.embed_dim, config.window_size, num_heads, key_dim=config.key_dim,
+        dwconv_kernel=config.dwconv_kernel, activation=config.gswa_activation, qkv_norm=config.qkv_norm,
+        zero_init_proj=config.zero_init_proj, qkv_bias=config.qkv_bias, impl=config.attention_impl)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a whole residual branch per sample while training."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class TransformerBlock(nn.Module):
+    """``x + attn(LN(x))`` over (shifted) windows, then ``x + MLP(LN(x))``; x is (B, H, W, C)."""
+
+    def __init__(self, config: NetworkConfig, num_heads: int, shift: int, drop_path: float) -> None:
+        super().__init__()
+        dim = config.embed_dim
+        self.window_size, self.shift = config.window_size, shift
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = build_attention(config, num_heads)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * config.mlp_ratio))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        b, h, w, c = x.shape
+        y = self.norm1(x)
+        if self.shift:
+            y = torch.roll(y, shifts=(-self.shift, -self.shift), dims=(1, 2))
+        y = self.attn(window_partition(y, self.window_size), mask if self.shift else None)
+        y = window_reverse(y, self.window_size, h, w)
+        if self.shift:
+            y = torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2))
+        x = x + self.drop_path(y)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class BlockSequence(nn.Module):
+    """The transformer blocks of one residual group (SwinIR's ``residual_group``)."""
+
+    def __init__(self, config: NetworkConfig, num_heads: int, depth: int, drop_paths: list[float]) -> None:
+        super().__init__()
+        shift = config.window_size // 2
+        self.blocks = nn.ModuleList(
+            TransformerBlock(config, num_heads, 0 if i % 2 == 0 else shift, drop_paths[i]) for i in range(depth))
+        self.use_checkpoint = config.use_checkpoint
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            if self.use_checkpoint and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, mask, use_reentrant=False)
+            else:
+                x = block(x, mask)
+        return x
+
+
+class ResidualGroup(nn.Module):
+    """SwinIR's RSTB: blocks, a conv, and a residual around both."""
+
+    def __init__(self, config: NetworkConfig, num_heads: int, depth: int, drop_paths: list[float]) -> None:
+        super().__init__()
+        self.residual_group = BlockSequence(config, num_heads, depth, drop_paths)
+        self.conv = heads.residual_conv(config.embed_dim, config.resi_connection)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        y = self.residual_group(x, mask).permute(0, 3, 1, 2)
+        return self.conv(y).permute(0, 2, 3, 1) + x
+
+
+class PatchEmbed(nn.Module):
+    """Optional LayerNorm on the shallow features as tokens (SwinIR's ``patch_embed``)."""
+
+    def __init__(self, dim: int, norm: bool) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim) if norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x)
+
+
+def build_head(config: NetworkConfig) -> nn.Module:
+    out_ch, dim = config.in_chans, config.embed_dim
+    if config.upsampler == "pixelshuffle":
+        return heads.PixelShuffleHead(dim, config.num_feat, config.scale, out_ch)
+    if config.upsampler == "pixelshuffledirect":
+        return heads.PixelShuffleDirectHead(dim, config.scale, out_ch)
+    if config.upsampler == "nearest+conv":
+        return heads.NearestConvHead(dim, config.num_feat, config.scale, out_ch)
+    return heads.ResidualHead(dim, out_ch)
+
+
+class RestorationTransformer(nn.Module):
+    """SwinIR's network with a pluggable window attention; see :class:`NetworkConfig`.
+
+    ``forward`` takes (B, C, H, W) images in [0, 1] of any size (padded internally to the window
+    multiple by reflection, the output cropped back) and returns (B, C, scale*H, scale*W).
+    """
+
+    def __init__(self, config: NetworkConfig) -> None:
+        super().__init__()
+        self.config = config
+        dim = config.embed_dim
+        self.register_buffer("mean", torch.tensor(RGB_MEAN if config.in_chans == 3 else (0.0,)).view(1, -1, 1, 1),
+                             persistent=False)
+        self.conv_first = nn.Conv2d(config.in_chans, dim, 3, 1, 1)
+        self.patch_embed = PatchEmbed(dim, config.patch_norm)
+        rates = torch.linspace(0, config.drop_path_rate, sum(config.depths)).tolist()
+        self.layers = nn.ModuleList()
+        start = 0
+        for depth, num_heads in zip(config.depths, config.num_heads):
+            self.layers.append(ResidualGroup(config, num_heads, depth, rates[start:start + depth]))
+            start += depth
+        self.norm = nn.LayerNorm(dim)
+        self.conv_after_body = heads.residual_conv(dim, config.resi_connection)
+        head = build_head(config)
+        # The head's layers sit at the top level under the official SwinIR names
+        # (conv_before_upsample, upsample, conv_last, ...); the head object only keeps the wiring.
+        for name, module in head.named_children():
+            self.add_module(name, module)
+        object.__setattr__(self, "_head", head)
+        self._masks = ShiftMaskCache(config.window_size, config.window_size // 2)
+        self.apply(_init_weights)
+        if config.attention == "gswa" and config.zero_init_proj:
+            for layer in self.layers:
+                for block in layer.residual_group.blocks:
+                    nn.init.zeros_(block.attn.proj.weight)
+                    nn.init.zeros_(block.attn.proj.bias)
+
+    @property
+    def scale(self) -> int:
+        return self.config.scale
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Deep features of (B, C, H, W) shallow features, H and W multiples of the window."""
+        h, w = x.shape[-2:]
+        mask = self._masks.get(h, w, x.device)
+        t = self.patch_embed(x.permute(0, 2, 3, 1))
+        for layer in self.layers:
+            t = layer(t, mask)
+        return self.norm(t).permute(0, 3, 1, 2)
+
+    def pad_to_window(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        m = self.config.window_size
+        pad_h, pad_w = (-h) % m, (-w) % m
+        if pad_h >= h or pad_w >= w:
+            raise ImageError(
+                f"input {w}x{h} is too small for this model's {m}x{m} windows; "
+                f"use images at least {m // 2 + 1} pixels on each side")
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != self.config.in_chans:
+            raise ImageError(f"expected a (B, {self.config.in_chans}, H, W) tensor, got shape {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        x = self.pad_to_window(x)
+        mean = self.mean.to(x.dtype)
+        x = (x - mean) * self.config.img_range
+        shallow = self.conv_first(x)
+        feat = self.conv_after_body(self.forward_features(shallow)) + shallow
+        y = self._head(feat, x)
+        y = y / self.config.img_range + mean
+        s = self.config.scale
+        return y[:, :, :h * s, :w * s]
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return f"attention={c.attention}, scale={c.scale}, upsampler={c.upsampler}"
+
+
+def _init_weights(m: nn.Module) -> None:
+    """SwinIR's initialisation: truncated normal for linear layers, unit LayerNorms."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
