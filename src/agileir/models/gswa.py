@@ -71,6 +71,21 @@ class GroupShiftedWindowAttention(RelativePositionBias):
             outputs.append(y)
         return self.proj(self.act(torch.cat(outputs, dim=-1)))
 
+    @torch.no_grad()
+    def attention_maps(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B_, G, N, N) attention probabilities of every group, for inspection and tests."""
+        from agileir.models.window_attention import add_bias_and_mask
+
+        bias = self.relative_position_bias()
+        maps, y = [], None
+        for j, x_j in enumerate(x.split(self.group_dim, dim=-1)):
+            z = x_j if y is None else x_j + y
+            q, k, v = self.group_qkv_projection(j, z)
+            probs = add_bias_and_mask((q @ k.transpose(-2, -1)).unsqueeze(1), bias[j:j + 1], mask).softmax(-1)
+            y = (probs @ v.unsqueeze(1)).squeeze(1)
+            maps.append(probs)
+        return torch.cat(maps, dim=1)
+
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, window_size={self.window_size}, groups={self.num_heads}, "
                 f"key_dim={self.key_dim}")

@@ -230,3 +230,24 @@ def official_state_dict(model: RestorationTransformer, img_size: int | None = No
         for j in range(1, depth, 2):
             sd[f"layers.{i}.residual_group.blocks.{j}.attn_mask"] = mask.clone()
     return sd
+
+
+def resolve_model(spec: str | os.PathLike, scale: int | None = None, **overrides: Any) -> RestorationTransformer:
+    """A model from a preset name or a weights path (what the command line's ``--model`` takes).
+
+    For a preset, ``scale`` and ``overrides`` configure it (random weights). For weights, a
+    ``scale`` other than the one they were trained for is an error, not a silent mismatch.
+    """
+    from agileir.models.presets import PRESETS, build_model
+
+    text = str(spec)
+    if text.lower() in PRESETS:
+        return build_model(text, **({"scale": scale} if scale else {}), **overrides)
+    path = Path(text)
+    if not path.exists():
+        raise ModelLoadError(f"{text!r} is neither a model preset ({', '.join(PRESETS)}) nor a weights file")
+    model = load_model(path, **overrides)
+    if scale and model.config.scale != scale:
+        raise ModelLoadError(f"{path.name} is a x{model.config.scale} model but scale {scale} was requested; "
+                             f"use x{model.config.scale} or weights trained for x{scale}")
+    return model

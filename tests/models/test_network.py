@@ -1,0 +1,130 @@
+"""The shared network: every head, both attentions, any input size, cached masks, presets."""
+
+import pytest
+import torch
+
+from agileir.errors import ConfigError, ImageError
+from agileir.models import PRESETS, build_model
+from agileir.models import windows
+
+TINY = dict(embed_dim=8, depths=(2,), num_heads=(2,), window_size=4, key_dim=2, num_feat=8)
+HEADS = [
+    dict(upsampler="pixelshuffle", scale=2), dict(upsampler="pixelshuffle", scale=3),
+    dict(upsampler="pixelshuffle", scale=4), dict(upsampler="pixelshuffle", scale=8),
+    dict(upsampler="pixelshuffledirect", scale=3), dict(upsampler="nearest+conv", scale=2),
+    dict(upsampler="nearest+conv", scale=4), dict(task="denoise"), dict(task="jpeg", in_chans=1),
+    dict(upsampler="pixelshuffledirect", scale=2, resi_connection="3conv", in_chans=1, img_range=255.0),
+]
+
+
+@pytest.mark.parametrize("attention", ["window", "gswa"])
+@pytest.mark.parametrize("head", HEADS, ids=lambda h: "-".join(f"{k}={v}" for k, v in h.items()))
+def test_any_size_for_every_head(attention, head):
+    model = build_model("swinir-s", attention=attention, **TINY, **head).eval()
+    c, s = model.config.in_chans, model.config.scale
+    for h, w in [(17, 23), (4, 4), (9, 5)]:
+        x = torch.rand(2, c, h, w)
+        with torch.no_grad():
+            y = model(x)
+        assert y.shape == (2, c, h * s, w * s)
+        assert torch.isfinite(y).all()
+
+
+def test_padding_leaves_valid_region_independent_of_batchmates():
+    """Images of one size padded together give the same output as alone (no cross-image leaks)."""
+    model = build_model("agileir-s", **TINY, scale=2).eval()
+    x = torch.rand(3, 3, 13, 10)
+    with torch.no_grad():
+        batched = model(x)
+        single = model(x[1:2])
+    torch.testing.assert_close(batched[1:2], single, rtol=1e-5, atol=1e-6)
+
+
+def test_too_small_input_is_a_clear_error():
+    model = build_model("swinir-s", **dict(TINY, window_size=8)).eval()
+    with pytest.raises(ImageError, match="too small"):
+        model(torch.rand(1, 3, 3, 20))
+    with pytest.raises(ImageError, match=r"\(B, 3, H, W\)"):
+        model(torch.rand(1, 1, 16, 16))
+
+
+def test_shift_mask_is_built_once_per_size(monkeypatch):
+    calls = []
+    original = windows.shift_mask
+    monkeypatch.setattr(windows, "shift_mask", lambda *a, **k: calls.append(a) or original(*a, **k))
+    model = build_model("agileir-s", **dict(TINY, depths=(4, 4), num_heads=(2, 2))).eval()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.rand(1, 3, 16, 16))
+        model(torch.rand(1, 3, 8, 12))
+    assert [c[:2] for c in calls] == [(16, 16), (8, 12)]
+
+
+def test_shift_mask_matches_brute_force():
+    """Mask entry is 0 exactly when two tokens of a window both wrapped (or not) in each axis."""
+    m, s, h, w = 4, 2, 12, 8
+    mask = windows.shift_mask(h, w, m, s)
+    wrap_h = (torch.arange(h) + s >= h).long()
+    wrap_w = (torch.arange(w) + s >= w).long()
+    label = (wrap_h[:, None] * 2 + wrap_w[None, :]).view(1, h, w, 1).float()
+    lab = windows.window_partition(label, m).squeeze(-1)
+    expected = torch.where(lab[:, :, None] == lab[:, None, :], 0.0, windows.MASK_VALUE)
+    assert torch.equal(mask, expected)
+
+
+def test_window_partition_roundtrip_and_relative_index():
+    x = torch.randn(2, 8, 12, 5)
+    assert torch.equal(windows.window_reverse(windows.window_partition(x, 4), 4, 8, 12), x)
+    m = 3
+    idx = windows.relative_position_index(m)
+    for a in range(m * m):
+        for b in range(m * m):
+            dy, dx = a // m - b // m, a % m - b % m
+            assert idx[a, b] == (dy + m - 1) * (2 * m - 1) + (dx + m - 1)
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_presets_build(name):
+    model = build_model(name)
+    assert model.config.name == name
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_agileir_presets_mirror_swinir_macro_configuration():
+    for small, agile in [("swinir-s", "agileir-s"), ("swinir-m", "agileir-m")]:
+        a, b = build_model(small).config, build_model(agile).config
+        for field in ("embed_dim", "depths", "num_heads", "window_size", "mlp_ratio", "upsampler",
+                      "resi_connection", "img_range", "scale"):
+            assert getattr(a, field) == getattr(b, field), field
+        assert (a.attention, b.attention) == ("window", "gswa")
+
+
+def test_task_overrides():
+    jpeg = build_model("swinir-m", task="jpeg", in_chans=1).config
+    assert (jpeg.upsampler, jpeg.scale, jpeg.img_range, jpeg.window_size) == ("none", 1, 255.0, 7)
+    dn = build_model("agileir-s", task="denoise").config
+    assert (dn.upsampler, dn.scale, dn.window_size) == ("none", 1, 8)
+
+
+@pytest.mark.parametrize("bad", [dict(scale=5, upsampler="pixelshuffle"), dict(upsampler="nearest+conv", scale=3),
+                                 dict(embed_dim=61), dict(attention="flash"), dict(bogus=1)])
+def test_bad_configuration_is_a_config_error(bad):
+    with pytest.raises(ConfigError):
+        build_model("swinir-s", **bad)
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match="choose one of"):
+        build_model("swinir-xl")
+
+
+def test_checkpointing_gives_same_gradients():
+    torch.manual_seed(0)
+    a = build_model("agileir-s", **TINY, drop_path_rate=0.0).train()
+    b = build_model("agileir-s", **TINY, drop_path_rate=0.0, use_checkpoint=True).train()
+    b.load_state_dict(a.state_dict())
+    x = torch.rand(2, 3, 8, 8)
+    a(x).square().mean().backward()
+    b(x).square().mean().backward()
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=n)
