@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from agileir.models.window_attention import RelativePositionBias, attend
+from agileir.models.window_attention import RelativePositionBias, attend, resolve_impl
 
 
 class GroupShiftedWindowAttention(RelativePositionBias):
@@ -57,11 +57,9 @@ class GroupShiftedWindowAttention(RelativePositionBias):
             q = self.q_dwconv[j](grid).reshape(b_, d, n).transpose(1, 2)
         return q * self.scale, k, v
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, impl: str | None = None) -> torch.Tensor:
         bias = self.relative_position_bias()  # (G, N, N)
-        impl = self.impl
-        if impl == "auto":
-            impl = "eager"
+        impl = resolve_impl(impl or self.impl)
         outputs = []
         y = None
         for j, x_j in enumerate(x.split(self.group_dim, dim=-1)):

@@ -16,6 +16,7 @@ from agileir.errors import ImageError
 from agileir.models import heads
 from agileir.models.config import NetworkConfig
 from agileir.models.gswa import GroupShiftedWindowAttention
+from agileir.models.lean import lean_mlp, recompute_branch
 from agileir.models.window_attention import WindowAttention
 from agileir.models.windows import ShiftMaskCache, window_partition, window_reverse
 
@@ -74,16 +75,34 @@ class TransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * config.mlp_ratio))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        self.attention_impl = config.attention_impl
+        self.lean_by_default = config.attention == "gswa"
+
+    def uses_lean_path(self) -> bool:
+        """Training with the lean policy: 'lean', or 'auto' for GSWA (SwinIR's default stays eager)."""
+        if not (self.training and torch.is_grad_enabled()):
+            return False
+        return self.attention_impl == "lean" or (self.attention_impl == "auto" and self.lean_by_default)
+
+    def attention_branch(self, x: torch.Tensor, mask: torch.Tensor | None, impl: str | None = None) -> torch.Tensor:
+        """attn(LN(x)) over (shifted) windows, (B, H, W, C) -> (B, H, W, C)."""
         b, h, w, c = x.shape
         y = self.norm1(x)
         if self.shift:
             y = torch.roll(y, shifts=(-self.shift, -self.shift), dims=(1, 2))
-        y = self.attn(window_partition(y, self.window_size), mask if self.shift else None)
+        y = self.attn(window_partition(y, self.window_size), mask if self.shift else None, impl=impl)
         y = window_reverse(y, self.window_size, h, w)
         if self.shift:
             y = torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2))
-        x = x + self.drop_path(y)
+        return y
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if self.uses_lean_path():
+            params = [p for p in (*self.norm1.parameters(), *self.attn.parameters()) if p.requires_grad]
+            y = recompute_branch(lambda t: self.attention_branch(t, mask, impl="eager"), x, params)
+            x = x + self.drop_path(y)
+            return x + self.drop_path(lean_mlp(x, self.norm2, self.mlp))
+        x = x + self.drop_path(self.attention_branch(x, mask))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 

@@ -36,6 +36,17 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
     return kernels.window_attention(q, k, v, bias, mask, impl=impl)
 
 
+def resolve_impl(impl: str) -> str:
+    """The attention kernel to run now: "auto" is the fast kernel without autograd, else eager.
+
+    (Training memory is handled a level up, by the block's lean policy, see models/lean.py; the
+    kernel inside it is eager. "lean" here is the flash-style kernel of models/kernels.py.)
+    """
+    if impl == "auto":
+        return "fast" if not torch.is_grad_enabled() else "eager"
+    return impl
+
+
 class RelativePositionBias(nn.Module):
     """A learnable ((2M-1)^2, heads) table, gathered into an (heads, N, N) bias."""
 
@@ -67,11 +78,11 @@ class WindowAttention(RelativePositionBias):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, impl: str | None = None) -> torch.Tensor:
         b_, n, c = x.shape
         qkv = self.qkv(x).reshape(b_, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0] * self.scale, qkv[1], qkv[2]
-        impl = "eager" if self.impl == "auto" else self.impl  # SwinIR default: the official math
+        impl = resolve_impl(impl or self.impl)
         out = attend(q, k, v, self.relative_position_bias(), mask, impl)
         return self.proj(out.transpose(1, 2).reshape(b_, n, c))
 

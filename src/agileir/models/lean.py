@@ -1,0 +1,93 @@
+"""The memory-lean training path: keep block inputs, recompute the rest in backward.
+
+Per transformer block and token, the plain path keeps about ``12*C + heads*N`` floats for
+backward (SPEC §3). The lean path keeps ``4*C``:
+
+* the attention branch (LayerNorm, windows, all groups' projections and N x N maps, output
+  projection) keeps only its input ``x``; backward recomputes the branch from it, so N x N maps
+  exist only transiently while one block is back-propagated, never for the whole network;
+* the MLP keeps its input and the fc1 output ``h`` (2C); the LayerNorm output and GELU(h) are
+  pointwise and recomputed instead of stored.
+
+Every tensor is kept with ``ctx.save_for_backward`` so the activation census sees it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class _RecomputedBranch(torch.autograd.Function):
+    """y = fn(x), keeping only x; backward re-runs fn with grad and back-propagates through it."""
+
+    @staticmethod
+    def forward(ctx, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *params: torch.Tensor):
+        ctx.fn = fn
+        ctx.save_for_backward(x, *params)
+        with torch.no_grad():
+            return fn(x)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x, *params = ctx.saved_tensors
+        with torch.enable_grad():
+            x_leaf = x.detach().requires_grad_(x.requires_grad)
+            out = ctx.fn(x_leaf)
+        wanted = ([x_leaf] if x.requires_grad else []) + [p for p in params if p.requires_grad]
+        grads = iter(torch.autograd.grad(out, wanted, grad_out, allow_unused=True))
+        grad_x = next(grads) if x.requires_grad else None
+        grad_params = [next(grads) if p.requires_grad else None for p in params]
+        return (None, grad_x, *grad_params)
+
+
+def recompute_branch(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                     params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``fn(x)`` whose intermediates are recomputed in backward; ``params`` are the weights fn uses."""
+    return _RecomputedBranch.apply(fn, x, *params)
+
+
+class _LeanMlp(torch.autograd.Function):
+    """fc2(GELU(fc1(LN(x)))) keeping x and h = fc1(LN(x)); LN(x) and GELU(h) are recomputed."""
+
+    @staticmethod
+    def forward(ctx, x, ln_w, ln_b, w1, b1, w2, b2, eps: float):
+        u = F.layer_norm(x, (x.shape[-1],), ln_w, ln_b, eps)
+        h = F.linear(u, w1, b1)
+        out = F.linear(F.gelu(h), w2, b2)
+        ctx.eps = eps
+        ctx.save_for_backward(x, h, ln_w, ln_b, w1, b1, w2, b2)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, h, ln_w, ln_b, w1, b1, w2, b2 = ctx.saved_tensors
+        go = grad_out.reshape(-1, grad_out.shape[-1])
+        with torch.enable_grad():
+            h_leaf = h.detach().requires_grad_(True)
+            g = F.gelu(h_leaf)
+        g2 = g.detach().reshape(-1, g.shape[-1])
+        grad_w2 = go.t() @ g2
+        grad_b2 = go.sum(0)
+        grad_g = (go @ w2).view_as(g)
+        (grad_h,) = torch.autograd.grad(g, h_leaf, grad_g)
+        gh = grad_h.reshape(-1, grad_h.shape[-1])
+        with torch.enable_grad():
+            x_leaf = x.detach().requires_grad_(True)
+            ln_w_leaf = ln_w.detach().requires_grad_(True)
+            ln_b_leaf = ln_b.detach().requires_grad_(True)
+            u = F.layer_norm(x_leaf, (x.shape[-1],), ln_w_leaf, ln_b_leaf, ctx.eps)
+        grad_w1 = gh.t() @ u.detach().reshape(-1, u.shape[-1])
+        grad_b1 = gh.sum(0)
+        grad_u = (gh @ w1).view_as(u)
+        grad_x, grad_ln_w, grad_ln_b = torch.autograd.grad(u, (x_leaf, ln_w_leaf, ln_b_leaf), grad_u)
+        return grad_x, grad_ln_w, grad_ln_b, grad_w1, grad_b1, grad_w2, grad_b2, None
+
+
+def lean_mlp(x: torch.Tensor, norm: nn.LayerNorm, mlp: nn.Module) -> torch.Tensor:
+    """``mlp(norm(x))`` for an ``Mlp`` (fc1, GELU, fc2), storing 3C instead of 6C per token."""
+    return _LeanMlp.apply(x, norm.weight, norm.bias, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight,
+                          mlp.fc2.bias, norm.eps)

@@ -1,0 +1,63 @@
+"""The memory-lean training path: same gradients as the plain path, and a fixed memory bill."""
+
+import pytest
+import torch
+
+from agileir.engine.memory import saved_activation_bytes
+from agileir.models import build_model, preset_config
+from agileir.models.network import TransformerBlock
+from agileir.models.windows import shift_mask
+
+TINY = dict(embed_dim=12, depths=(2, 2), num_heads=(3, 3), window_size=4, key_dim=3, drop_path_rate=0.0)
+
+
+def grads(model, x):
+    model.zero_grad()
+    (model(x) ** 2).mean().backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("preset", ["swinir-s", "agileir-s"])
+def test_lean_gradients_equal_eager(preset):
+    torch.manual_seed(0)
+    eager = build_model(preset, **TINY, attention_impl="eager").train()
+    lean = build_model(preset, **TINY, attention_impl="lean").train()
+    lean.load_state_dict(eager.state_dict())
+    x = torch.rand(2, 3, 11, 9)
+    ge, gl = grads(eager, x), grads(lean, x)
+    assert any(n.endswith("relative_position_bias_table") for n in ge)
+    for name in ge:
+        rel = (ge[name] - gl[name]).norm() / ge[name].norm().clamp_min(1e-30)
+        assert rel < 1e-5, f"{name}: relative error {rel:.2e}"
+        assert ge[name].abs().sum() > 0, f"{name} has no gradient"
+
+
+def test_lean_is_the_default_for_gswa_training_only():
+    gswa = build_model("agileir-s", **TINY).train()
+    swin = build_model("swinir-s", **TINY).train()
+    block = gswa.layers[0].residual_group.blocks[0]
+    assert block.uses_lean_path()
+    assert not swin.layers[0].residual_group.blocks[0].uses_lean_path()
+    gswa.eval()
+    assert not block.uses_lean_path()
+
+
+@pytest.mark.parametrize("shift", [0, 4])
+@pytest.mark.parametrize("preset,heads", [("agileir-s", 6), ("swinir-s", 6)])
+def test_lean_block_keeps_four_c_floats_per_token(preset, heads, shift):
+    """Lean block: block input (C) + MLP input (C) + fc1 output (2C) = 4C floats per token."""
+    c, b, size = 60, 2, 16
+    block = TransformerBlock(preset_config(preset, attention_impl="lean"), heads, shift, 0.0).train()
+    x = torch.randn(b, size, size, c, requires_grad=True)
+    _, report = saved_activation_bytes(block, x, shift_mask(size, size, 8, 4), exclude=block)
+    tokens = b * size * size
+    assert report.total_bytes == tokens * 4 * c * 4
+
+
+def test_eager_block_keeps_attention_maps():
+    """The plain path keeps at least one N x N map per head: heads * N floats per token more."""
+    c, b, size, n, heads = 60, 2, 16, 64, 6
+    block = TransformerBlock(preset_config("agileir-s", attention_impl="eager"), heads, 0, 0.0).train()
+    x = torch.randn(b, size, size, c, requires_grad=True)
+    _, report = saved_activation_bytes(block, x, None, exclude=block)
+    assert report.total_bytes >= b * size * size * (4 * c + heads * n) * 4
