@@ -61,3 +61,14 @@ def test_eager_block_keeps_attention_maps():
     x = torch.randn(b, size, size, c, requires_grad=True)
     _, report = saved_activation_bytes(block, x, None, exclude=block)
     assert report.total_bytes >= b * size * size * (4 * c + heads * n) * 4
+
+
+def test_lean_path_refuses_swapped_parameters():
+    """Recomputing with other weights than the forward used would give silently wrong gradients."""
+    from torch.func import functional_call
+
+    model = build_model("agileir-s", **TINY).train()
+    params = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters()}
+    out = functional_call(model, params, (torch.rand(1, 3, 8, 8),))
+    with pytest.raises(RuntimeError, match="attention_impl='eager'"):
+        out.sum().backward()

@@ -25,8 +25,9 @@ class _RecomputedBranch(torch.autograd.Function):
     """y = fn(x), keeping only x; backward re-runs fn with grad and back-propagates through it."""
 
     @staticmethod
-    def forward(ctx, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *params: torch.Tensor):
-        ctx.fn = fn
+    def forward(ctx, fn: Callable[[torch.Tensor], torch.Tensor], params_fn: Callable[[], Sequence[torch.Tensor]],
+                x: torch.Tensor, *params: torch.Tensor):
+        ctx.fn, ctx.params_fn, ctx.param_ids = fn, params_fn, [id(p) for p in params]
         ctx.save_for_backward(x, *params)
         with torch.no_grad():
             return fn(x)
@@ -34,6 +35,10 @@ class _RecomputedBranch(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         x, *params = ctx.saved_tensors
+        if [id(p) for p in ctx.params_fn()] != ctx.param_ids:
+            raise RuntimeError("the lean attention path recomputes with the module's own parameters, which were "
+                               "swapped since the forward pass (torch.func.functional_call?); "
+                               "use attention_impl='eager' for that")
         with torch.enable_grad():
             x_leaf = x.detach().requires_grad_(x.requires_grad)
             out = ctx.fn(x_leaf)
@@ -41,13 +46,13 @@ class _RecomputedBranch(torch.autograd.Function):
         grads = iter(torch.autograd.grad(out, wanted, grad_out, allow_unused=True))
         grad_x = next(grads) if x.requires_grad else None
         grad_params = [next(grads) if p.requires_grad else None for p in params]
-        return (None, grad_x, *grad_params)
+        return (None, None, grad_x, *grad_params)
 
 
 def recompute_branch(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                     params: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``fn(x)`` whose intermediates are recomputed in backward; ``params`` are the weights fn uses."""
-    return _RecomputedBranch.apply(fn, x, *params)
+                     params_fn: Callable[[], Sequence[torch.Tensor]]) -> torch.Tensor:
+    """``fn(x)`` whose intermediates are recomputed in backward; ``params_fn()`` lists the weights fn uses."""
+    return _RecomputedBranch.apply(fn, params_fn, x, *params_fn())
 
 
 class _LeanMlp(torch.autograd.Function):

@@ -18,7 +18,7 @@ from agileir.models.config import NetworkConfig
 from agileir.models.gswa import GroupShiftedWindowAttention
 from agileir.models.lean import lean_mlp, recompute_branch
 from agileir.models.window_attention import WindowAttention
-from agileir.models.windows import ShiftMaskCache, window_partition, window_reverse
+from agileir.models.windows import MASK_VALUE, ShiftMaskCache, window_partition, window_reverse
 
 RGB_MEAN = (0.4488, 0.4371, 0.4040)  # DIV2K mean, as in SwinIR
 
@@ -84,6 +84,9 @@ class TransformerBlock(nn.Module):
             return False
         return self.attention_impl == "lean" or (self.attention_impl == "auto" and self.lean_by_default)
 
+    def _branch_parameters(self) -> list[torch.Tensor]:
+        return [p for p in (*self.norm1.parameters(), *self.attn.parameters()) if p.requires_grad]
+
     def attention_branch(self, x: torch.Tensor, mask: torch.Tensor | None, impl: str | None = None) -> torch.Tensor:
         """attn(LN(x)) over (shifted) windows, (B, H, W, C) -> (B, H, W, C)."""
         b, h, w, c = x.shape
@@ -98,8 +101,7 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if self.uses_lean_path():
-            params = [p for p in (*self.norm1.parameters(), *self.attn.parameters()) if p.requires_grad]
-            y = recompute_branch(lambda t: self.attention_branch(t, mask, impl="eager"), x, params)
+            y = recompute_branch(lambda t: self.attention_branch(t, mask, impl="eager"), x, self._branch_parameters)
             x = x + self.drop_path(y)
             return x + self.drop_path(lean_mlp(x, self.norm2, self.mlp))
         x = x + self.drop_path(self.attention_branch(x, mask))
@@ -190,6 +192,10 @@ class RestorationTransformer(nn.Module):
             self.add_module(name, module)
         object.__setattr__(self, "_head", head)
         self._masks = ShiftMaskCache(config.window_size, config.window_size // 2)
+        # SwinIR's default keeps the official -100 mask; every other path masks with -inf, which
+        # gives exact zeros instead of float32 subnormals (exp(-100)) that slow CPU matmuls ~10x.
+        official = config.attention == "window" and config.attention_impl in ("auto", "eager")
+        self._masks.value = MASK_VALUE if official else float("-inf")
         self.apply(_init_weights)
         if config.attention == "gswa" and config.zero_init_proj:
             for layer in self.layers:

@@ -36,14 +36,14 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
     return kernels.window_attention(q, k, v, bias, mask, impl=impl)
 
 
-def resolve_impl(impl: str) -> str:
+def resolve_impl(impl: str, fast_inference: bool = True) -> str:
     """The attention kernel to run now: "auto" is the fast kernel without autograd, else eager.
 
     (Training memory is handled a level up, by the block's lean policy, see models/lean.py; the
     kernel inside it is eager. "lean" here is the flash-style kernel of models/kernels.py.)
     """
     if impl == "auto":
-        return "fast" if not torch.is_grad_enabled() else "eager"
+        return "fast" if fast_inference and not torch.is_grad_enabled() else "eager"
     return impl
 
 
@@ -82,7 +82,7 @@ class WindowAttention(RelativePositionBias):
         b_, n, c = x.shape
         qkv = self.qkv(x).reshape(b_, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0] * self.scale, qkv[1], qkv[2]
-        impl = resolve_impl(impl or self.impl)
+        impl = resolve_impl(impl or self.impl, fast_inference=False)  # SwinIR default: the official math
         out = attend(q, k, v, self.relative_position_bias(), mask, impl)
         return self.proj(out.transpose(1, 2).reshape(b_, n, c))
 

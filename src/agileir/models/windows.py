@@ -37,11 +37,12 @@ def relative_position_index(window_size: int) -> torch.Tensor:
 
 
 def shift_mask(height: int, width: int, window_size: int, shift: int,
-               device: torch.device | str | None = None) -> torch.Tensor:
+               device: torch.device | str | None = None, value: float = MASK_VALUE) -> torch.Tensor:
     """(nW, N, N) float32 additive mask for cyclically shifted windows.
 
-    0 for token pairs from the same pre-shift region, MASK_VALUE across regions. ``height`` and
-    ``width`` are the padded feature size (multiples of the window).
+    0 for token pairs from the same pre-shift region, ``value`` across regions. ``height`` and
+    ``width`` are the padded feature size (multiples of the window). SwinIR uses -100; -inf gives
+    exact zeros instead of exp(-100), a float32 subnormal that slows CPU matmuls about tenfold.
     """
     m = window_size
     region = torch.zeros(1, height, width, 1)
@@ -53,7 +54,7 @@ def shift_mask(height: int, width: int, window_size: int, shift: int,
             label += 1
     labels = window_partition(region, m).squeeze(-1)  # (nW, N)
     diff = labels[:, None, :] - labels[:, :, None]
-    mask = torch.zeros_like(diff).masked_fill(diff != 0, MASK_VALUE)
+    mask = torch.zeros_like(diff).masked_fill(diff != 0, value)
     return mask.to(device) if device is not None else mask
 
 
@@ -62,14 +63,15 @@ class ShiftMaskCache:
 
     def __init__(self, window_size: int, shift: int, max_entries: int = 8) -> None:
         self.window_size, self.shift, self.max_entries = window_size, shift, max_entries
+        self.value = MASK_VALUE
         self._masks: dict[tuple, torch.Tensor] = {}
 
     def get(self, height: int, width: int, device: torch.device) -> torch.Tensor:
-        key = (height, width, str(device))
+        key = (height, width, str(device), self.value)
         mask = self._masks.get(key)
         if mask is None:
             if len(self._masks) >= self.max_entries:
                 self._masks.pop(next(iter(self._masks)))
-            mask = shift_mask(height, width, self.window_size, self.shift, device)
+            mask = shift_mask(height, width, self.window_size, self.shift, device, self.value)
             self._masks[key] = mask
         return mask
