@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 
 from agileir.errors import ModelLoadError
+from agileir.fileio import atomic_path
 from agileir.models.config import NetworkConfig
 from agileir.models.network import RestorationTransformer
 
@@ -201,15 +201,8 @@ def save_model(model: RestorationTransformer, path: str | os.PathLike, extra_met
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
                if not k.endswith(DERIVED_SUFFIXES)}
     metadata = {METADATA_KEY: model.config.to_json(), FORMAT_KEY: FORMAT_VERSION, **(extra_metadata or {})}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     return path
 
 

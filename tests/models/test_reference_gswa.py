@@ -1,0 +1,136 @@
+"""AgileIR (attention="gswa") against the independent float64 numpy reference.
+
+GSWA per window (SPEC §1): channels split into G = num_heads chunks; group j attends on
+Z_j = X_j + Y_{j-1} (cascade), with its own projection to [q (key_dim) | k (key_dim) | v (C/G)],
+optional LayerNorm before the projection, optional depthwise conv on q over the window grid,
+its own relative position bias, the shift mask in SW-MSA blocks; out = proj(act(concat Y)).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import agileir
+import agileir_tests_reference as R
+
+TOL = 1e-10
+# C = 12 with 3 groups (d = 4) in the first residual group and 2 groups (d = 6) in the second.
+TINY = dict(embed_dim=12, depths=(2, 2), num_heads=(3, 2), window_size=4, drop_path_rate=0.1)
+
+CASES = {
+    "dw3-relu-kd3": dict(dwconv_kernel=3, gswa_activation="relu", qkv_norm=False, key_dim=3),
+    "dw3-identity-qkvnorm-kd6": dict(dwconv_kernel=3, gswa_activation="identity",
+                                     qkv_norm=True, key_dim=6),
+    "dw0-relu-qkvnorm-kd5": dict(dwconv_kernel=0, gswa_activation="relu", qkv_norm=True,
+                                 key_dim=5),
+    "dw0-identity-kd2": dict(dwconv_kernel=0, gswa_activation="identity", qkv_norm=False,
+                             key_dim=2),
+    "dw5-relu-kd7-noqkvbias": dict(dwconv_kernel=5, gswa_activation="relu", qkv_norm=False,
+                                   key_dim=7, qkv_bias=False),
+    "dw3-relu-zero-init-proj": dict(dwconv_kernel=3, gswa_activation="relu", qkv_norm=False,
+                                    key_dim=4, zero_init_proj=True),
+}
+
+HEADS = {
+    "pixelshuffledirect-x2": ("agileir-s", dict(scale=2)),
+    "pixelshuffle-x2": ("agileir-m", dict(scale=2, num_feat=16)),
+    "nearest+conv-x4-3conv": ("swinir-l", dict(attention="gswa", scale=4, num_feat=8)),
+    "denoise-gray": ("agileir-m", dict(task="denoise", in_chans=1)),
+    "jpeg-range255": ("agileir-m", dict(task="jpeg")),
+}
+
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    yield from R.single_thread()
+
+def _model(name, overrides, seed=0):
+    torch.manual_seed(seed)
+    model = agileir.build_model(name, **overrides)
+    assert model.config.attention == "gswa"
+    return R.perturb_parameters(model, seed=seed)
+
+
+def _input(model, h, w, batch=2, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, model.config.in_chans, h, w, generator=gen, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_gswa_options_match_reference(case):
+    model = _model("agileir-s", dict(TINY, **CASES[case]))
+    got, want = R.compare_with_model(model, _input(model, 11, 13))
+    assert got.shape == want.shape == (2, 3, 22, 26)
+    assert np.abs(got - want).max() <= TOL, f"{case}: max |diff| {np.abs(got - want).max():.3e}"
+    assert np.abs(want).max() > 0.1
+
+
+@pytest.mark.parametrize("case", sorted(HEADS))
+def test_gswa_heads_match_reference(case):
+    name, overrides = HEADS[case]
+    model = _model(name, dict(TINY, key_dim=3, dwconv_kernel=3, **overrides))
+    got, want = R.compare_with_model(model, _input(model, 11, 13, batch=1))
+    assert np.abs(got - want).max() <= TOL, f"{case}: max |diff| {np.abs(got - want).max():.3e}"
+
+
+@pytest.mark.parametrize("impl", ["auto", "eager", "lean", "fast"])
+def test_gswa_implementations_match_reference(impl):
+    model = _model("agileir-s", dict(TINY, key_dim=5, qkv_norm=True, attention_impl=impl))
+    got, want = R.compare_with_model(model, _input(model, 9, 14, batch=1))
+    assert np.abs(got - want).max() <= TOL
+
+
+def test_gswa_state_dict_layout():
+    cfg = dict(TINY, key_dim=5, dwconv_kernel=3, qkv_norm=True)
+    sd = agileir.build_model("agileir-s", **cfg).state_dict()
+    m, c = 4, 12
+    for i, groups in enumerate((3, 2)):
+        d = c // groups
+        for j in range(2):
+            pre = f"layers.{i}.residual_group.blocks.{j}.attn."
+            keys = {k[len(pre):] for k in sd if k.startswith(pre)}
+            want = {"relative_position_bias_table", "relative_position_index",
+                    "proj.weight", "proj.bias"}
+            for g in range(groups):
+                want |= {f"group_qkv.{g}.weight", f"group_qkv.{g}.bias",
+                         f"q_dwconv.{g}.weight", f"q_dwconv.{g}.bias",
+                         f"qkv_norm.{g}.weight", f"qkv_norm.{g}.bias"}
+            assert keys == want, (i, j, keys ^ want)
+            assert sd[pre + "relative_position_bias_table"].shape == ((2 * m - 1) ** 2, groups)
+            np.testing.assert_array_equal(sd[pre + "relative_position_index"].numpy(),
+                                          R.relative_position_index(m))
+            for g in range(groups):
+                assert sd[pre + f"group_qkv.{g}.weight"].shape == (2 * 5 + d, d)
+                assert sd[pre + f"group_qkv.{g}.bias"].shape == (2 * 5 + d,)
+                assert sd[pre + f"q_dwconv.{g}.weight"].shape == (5, 1, 3, 3)
+                assert sd[pre + f"q_dwconv.{g}.bias"].shape == (5,)
+                assert sd[pre + f"qkv_norm.{g}.weight"].shape == (d,)
+            assert sd[pre + "proj.weight"].shape == (c, c)
+
+    plain = agileir.build_model("agileir-s", **dict(TINY, key_dim=5, dwconv_kernel=0,
+                                                    qkv_norm=False)).state_dict()
+    assert not [k for k in plain if "q_dwconv" in k or "qkv_norm" in k or ".attn.qkv." in k]
+
+
+# Every GSWA ingredient must matter to the comparison.
+@pytest.mark.parametrize("ablation", ["bias", "mask", "roll", "shift", "cascade", "dwconv"])
+def test_reference_is_sensitive(ablation):
+    model = _model("agileir-s", dict(TINY, key_dim=3, dwconv_kernel=3))
+    got, want = R.compare_with_model(model, _input(model, 11, 13, batch=1), ablate=(ablation,))
+    assert np.abs(got - want).max() > 1e-4
+
+
+def test_reference_is_sensitive_to_activation_and_norm():
+    model = _model("agileir-s", dict(TINY, key_dim=3, gswa_activation="relu", qkv_norm=True))
+    model = model.double().eval()
+    x = _input(model, 11, 13, batch=1)
+    with torch.no_grad():
+        got = model(x).numpy()
+    params = R.to_numpy_params(model.state_dict())
+    for change in ({"gswa_activation": "identity"}, {"qkv_norm": False}):
+        cfg = dict(R.config_dict(model.config), **change)
+        wrong = R.reference_forward(params, cfg, x.numpy())
+        assert np.abs(got - wrong).max() > 1e-4, change
