@@ -35,6 +35,7 @@ import torch.nn.functional as F
 __all__ = [
     "IMPLS",
     "DEFAULT_CHUNK_BYTES",
+    "DEFAULT_CHUNK_BYTES_CUDA",
     "eager_window_attention",
     "lean_window_attention",
     "fast_window_attention",
@@ -44,9 +45,12 @@ __all__ = [
 
 IMPLS = ("auto", "eager", "lean", "fast")
 
-#: Target size of one chunk's (rows, h, N, N) score block in the compute dtype. Backward holds
-#: two such blocks at once (probabilities and their gradient), forward one.
-DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
+#: Target size of one chunk's (rows, h, N, N) score block in the compute dtype on CPU (cache
+#: sized: 1-2 MiB measured fastest for SwinIR shapes). Backward holds two such blocks at once
+#: (probabilities and their gradient), forward one.
+DEFAULT_CHUNK_BYTES = 2 * 1024 * 1024
+#: The same on CUDA, where fewer, larger launches pay.
+DEFAULT_CHUNK_BYTES_CUDA = 64 * 1024 * 1024
 
 
 def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
@@ -77,14 +81,17 @@ def default_chunk_size(b_: int, h: int, n: int, nw: int = 1, element_size: int =
                        chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
     """Rows of B_ per chunk so that one (rows, h, N, N) block is about ``chunk_bytes``.
 
-    Rounded down to a multiple of ``nw`` when at least one full period of windows fits, so the
-    shift mask can be broadcast as a view instead of gathered.
+    Rounded down to a multiple of ``nw`` when a full period of windows fits, else to a divisor
+    of ``nw``, so every chunk's slice of the shift mask is a view (never a gather).
     """
     per_row = max(1, h * n * n * element_size)
-    rows = max(1, chunk_bytes // per_row)
-    if nw > 1 and rows >= nw:
-        rows = (rows // nw) * nw
-    return int(min(rows, max(1, b_)))
+    rows = max(1, min(chunk_bytes // per_row, b_))
+    if nw > 1:
+        if rows >= nw:
+            rows = (rows // nw) * nw
+        else:
+            rows = max(r for r in range(1, rows + 1) if nw % r == 0)
+    return int(rows)
 
 
 def _add_mask_(scores: torch.Tensor, mask: torch.Tensor, start: int) -> None:
@@ -128,6 +135,19 @@ def eager_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return attn.softmax(dim=-1) @ v
 
 
+def _exp_floor(dtype: torch.dtype) -> float:
+    """Lowest exponent kept by the lean kernel (see :func:`lean_window_attention`)."""
+    return -600.0 if dtype == torch.float64 else -60.0
+
+
+def _matmul_into(a: torch.Tensor, b: torch.Tensor, dest: torch.Tensor) -> None:
+    """dest[...] = a @ b, writing in place when dtypes allow (saves a copy per chunk)."""
+    if dest.dtype == a.dtype and dest.is_contiguous():
+        torch.matmul(a, b, out=dest)
+    else:
+        dest.copy_(torch.matmul(a, b))
+
+
 class _LeanWindowAttention(torch.autograd.Function):
     """Flash-style window attention: saves q, k, v, bias, mask, lse (and out); recomputes P."""
 
@@ -138,23 +158,29 @@ class _LeanWindowAttention(torch.autograd.Function):
         b_, h, n, _ = q.shape
         dv = v.shape[-1]
         cdt = _compute_dtype(q.dtype)
+        floor = _exp_floor(cdt)
         nw = 1 if mask is None else mask.shape[0]
-        chunk = chunk_size or default_chunk_size(b_, h, n, nw, torch.finfo(cdt).bits // 8)
+        chunk = chunk_size or default_chunk_size(
+            b_, h, n, nw, torch.finfo(cdt).bits // 8,
+            DEFAULT_CHUNK_BYTES_CUDA if q.is_cuda else DEFAULT_CHUNK_BYTES)
         bias_c = None if bias is None else bias.to(cdt)
         out = torch.empty((b_, h, n, dv), dtype=q.dtype, device=q.device)
-        lse = torch.empty((b_, h, n), dtype=cdt, device=q.device)
+        lse = torch.empty((b_, h, n, 1), dtype=cdt, device=q.device)
         for s0 in range(0, b_, chunk):
             s1 = min(b_, s0 + chunk)
             p = _scores(q[s0:s1].to(cdt), k[s0:s1].to(cdt), bias_c, mask, s0)
             row_max = p.amax(dim=-1, keepdim=True)
-            p.sub_(row_max).exp_()
+            p.sub_(row_max).clamp_(min=floor).exp_()  # unnormalised probabilities
             row_sum = p.sum(dim=-1, keepdim=True)
-            p.div_(row_sum)
-            lse[s0:s1] = (row_max + row_sum.log()).squeeze(-1)
-            out[s0:s1] = torch.matmul(p, v[s0:s1].to(cdt))
+            torch.add(row_max, row_sum.log(), out=lse[s0:s1])
+            if out.dtype == cdt:
+                torch.matmul(p, v[s0:s1].to(cdt), out=out[s0:s1])
+                out[s0:s1].div_(row_sum)
+            else:
+                out[s0:s1] = torch.matmul(p, v[s0:s1].to(cdt)).div_(row_sum)
             del p
+        lse = lse.squeeze(-1)
         ctx.chunk = chunk
-        ctx.save_out = save_out
         # Everything backward needs goes through save_for_backward (visible to the memory census
         # and to saved_tensors_hooks); no tensor is stashed on ctx attributes.
         ctx.save_for_backward(q, k, v, bias, mask, lse, out if save_out else None)
@@ -167,20 +193,22 @@ class _LeanWindowAttention(torch.autograd.Function):
         need_q, need_k, need_v, need_bias = ctx.needs_input_grad[:4]
         b_, h, n, _ = q.shape
         cdt = lse.dtype
+        floor = _exp_floor(cdt)
         chunk = ctx.chunk
         bias_c = None if bias is None else bias.to(cdt)
-        dq = torch.empty_like(q, memory_format=torch.contiguous_format) if need_q else None
-        dk = torch.empty_like(k, memory_format=torch.contiguous_format) if need_k else None
-        dv = torch.empty_like(v, memory_format=torch.contiguous_format) if need_v else None
+        dq = torch.empty(q.shape, dtype=q.dtype, device=q.device) if need_q else None
+        dk = torch.empty(k.shape, dtype=k.dtype, device=k.device) if need_k else None
+        dv = torch.empty(v.shape, dtype=v.dtype, device=v.device) if need_v else None
         dbias = torch.zeros((h, n, n), dtype=cdt, device=q.device) if need_bias else None
         for s0 in range(0, b_, chunk):
             s1 = min(b_, s0 + chunk)
             qc, kc, vc = q[s0:s1].to(cdt), k[s0:s1].to(cdt), v[s0:s1].to(cdt)
             go = grad_out[s0:s1].to(cdt)
             p = _scores(qc, kc, bias_c, mask, s0)
-            p.sub_(lse[s0:s1].unsqueeze(-1)).exp_()  # the forward probabilities, recomputed
+            # the forward probabilities, recomputed from the saved row log-sum-exp
+            p.sub_(lse[s0:s1].unsqueeze(-1)).clamp_(min=floor).exp_()
             if need_v:
-                dv[s0:s1] = torch.matmul(p.transpose(-2, -1), go)
+                _matmul_into(p.transpose(-2, -1), go, dv[s0:s1])
             if not (need_q or need_k or need_bias):
                 continue
             oc = out[s0:s1].to(cdt) if out is not None else torch.matmul(p, vc)
@@ -189,9 +217,9 @@ class _LeanWindowAttention(torch.autograd.Function):
             ds.sub_(delta).mul_(p)  # dS = P * (dP - delta)
             del p
             if need_q:
-                dq[s0:s1] = torch.matmul(ds, kc)
+                _matmul_into(ds, kc, dq[s0:s1])
             if need_k:
-                dk[s0:s1] = torch.matmul(ds.transpose(-2, -1), qc)
+                _matmul_into(ds.transpose(-2, -1), qc, dk[s0:s1])
             if need_bias:
                 dbias.add_(ds.sum(dim=0))
             del ds
@@ -209,8 +237,15 @@ def lean_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     (float32 for 16-bit inputs) and, if ``save_out``, the output (B_, h, N, dv) used for the row
     term ``delta = rowsum(dO * O)``; with ``save_out=False`` the output is recomputed per chunk in
     backward (one extra N x N x dv product) and not kept. ``chunk_size`` rows of B_ are processed
-    at a time (default: about :data:`DEFAULT_CHUNK_BYTES` per score block). Gradients flow to q,
-    k, v and bias (summed over B_); the mask gets none. Not twice differentiable.
+    at a time (default: about :data:`DEFAULT_CHUNK_BYTES` per score block, on CUDA
+    :data:`DEFAULT_CHUNK_BYTES_CUDA`). Gradients flow to q, k, v and bias (summed over B_); the
+    mask gets none. Not twice differentiable.
+
+    Probabilities below ``exp(-60)`` of a row's total (``exp(-600)`` in float64) are floored at
+    that value instead of underflowing into subnormal numbers: subnormal arithmetic is 50-100x
+    slower on x86 CPUs, and the shift mask's -100 entries produce exactly such values. The change
+    to the output is at most ``N * 8.7e-27`` times the largest value magnitude, far below
+    float32 resolution.
     """
     _check_shapes(q, k, v, bias, mask)
     if chunk_size is not None and chunk_size < 1:
@@ -230,13 +265,18 @@ def fast_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                           bias: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
     """Inference path: one ``scaled_dot_product_attention`` call with scale 1 (q is pre-scaled).
 
-    bias and mask are folded into one additive float mask of shape (nW, h, N, N) (only once per
-    call, not per image); the batch of images is a broadcast dimension, so nothing is
-    materialised per image. On CUDA, head dims are zero-padded to a multiple of 8 so the
+    bias and mask are folded into one additive float mask of shape (nW, h, N, N) (once per call,
+    not per image: the batch of images is a broadcast dimension; with a single image it is as
+    large as one score tensor). On CUDA, head dims are zero-padded to a multiple of 8 so the
     memory-efficient backend applies (zero columns change neither q k^T nor, after slicing, the
     output). Differentiable through SDPA, but meant for inference: see :func:`window_attention`.
     """
     _check_shapes(q, k, v, bias, mask)
+    if not torch.is_grad_enabled():
+        # Under no_grad a view of a leaf that requires grad still reports requires_grad=True,
+        # which sends SDPA to its slow math fallback (measured 6x slower on CPU).
+        q, k, v = q.detach(), k.detach(), v.detach()
+        bias = None if bias is None else bias.detach()
     b_, h, n, _ = q.shape
     dv = v.shape[-1]
     dtype = q.dtype
