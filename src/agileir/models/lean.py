@@ -14,11 +14,23 @@ Every tensor is kept with ``ctx.save_for_backward`` so the activation census see
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def _autocast_state(x: torch.Tensor) -> tuple[str, bool, torch.dtype]:
+    device = x.device.type
+    return device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
+
+
+def _autocast_like(state: tuple[str, bool, torch.dtype]):
+    """Re-enter the forward pass's autocast state (backward runs outside it)."""
+    device, enabled, dtype = state
+    return torch.autocast(device, dtype=dtype) if enabled else contextlib.nullcontext()
 
 
 class _RecomputedBranch(torch.autograd.Function):
@@ -28,6 +40,7 @@ class _RecomputedBranch(torch.autograd.Function):
     def forward(ctx, fn: Callable[[torch.Tensor], torch.Tensor], params_fn: Callable[[], Sequence[torch.Tensor]],
                 x: torch.Tensor, *params: torch.Tensor):
         ctx.fn, ctx.params_fn, ctx.param_ids = fn, params_fn, [id(p) for p in params]
+        ctx.autocast = _autocast_state(x)
         ctx.save_for_backward(x, *params)
         with torch.no_grad():
             return fn(x)
@@ -39,7 +52,7 @@ class _RecomputedBranch(torch.autograd.Function):
             raise RuntimeError("the lean attention path recomputes with the module's own parameters, which were "
                                "swapped since the forward pass (torch.func.functional_call?); "
                                "use attention_impl='eager' for that")
-        with torch.enable_grad():
+        with torch.enable_grad(), _autocast_like(ctx.autocast):
             x_leaf = x.detach().requires_grad_(x.requires_grad)
             out = ctx.fn(x_leaf)
         wanted = ([x_leaf] if x.requires_grad else []) + [p for p in params if p.requires_grad]
@@ -63,21 +76,29 @@ class _LeanMlp(torch.autograd.Function):
         u = F.layer_norm(x, (x.shape[-1],), ln_w, ln_b, eps)
         h = F.linear(u, w1, b1)
         out = F.linear(F.gelu(h), w2, b2)
-        ctx.eps = eps
+        ctx.eps, ctx.autocast = eps, _autocast_state(x)
         ctx.save_for_backward(x, h, ln_w, ln_b, w1, b1, w2, b2)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
+        with _autocast_like(ctx.autocast):
+            grads = _LeanMlp._backward(ctx, grad_out)
+        return tuple(g if g is None or g.dtype == t.dtype else g.to(t.dtype)
+                     for g, t in zip(grads, ctx.saved_tensors[:1] + ctx.saved_tensors[2:])) + (None,)
+
+    @staticmethod
+    def _backward(ctx, grad_out):
         x, h, ln_w, ln_b, w1, b1, w2, b2 = ctx.saved_tensors
-        go = grad_out.reshape(-1, grad_out.shape[-1])
+        dtype = h.dtype  # the compute dtype of the forward (bf16 under autocast)
+        go = grad_out.reshape(-1, grad_out.shape[-1]).to(dtype)
         with torch.enable_grad():
             h_leaf = h.detach().requires_grad_(True)
             g = F.gelu(h_leaf)
         g2 = g.detach().reshape(-1, g.shape[-1])
         grad_w2 = go.t() @ g2
         grad_b2 = go.sum(0)
-        grad_g = (go @ w2).view_as(g)
+        grad_g = (go @ w2.to(dtype)).view_as(g)
         (grad_h,) = torch.autograd.grad(g, h_leaf, grad_g)
         gh = grad_h.reshape(-1, grad_h.shape[-1])
         with torch.enable_grad():
@@ -85,11 +106,11 @@ class _LeanMlp(torch.autograd.Function):
             ln_w_leaf = ln_w.detach().requires_grad_(True)
             ln_b_leaf = ln_b.detach().requires_grad_(True)
             u = F.layer_norm(x_leaf, (x.shape[-1],), ln_w_leaf, ln_b_leaf, ctx.eps)
-        grad_w1 = gh.t() @ u.detach().reshape(-1, u.shape[-1])
+        grad_w1 = gh.t() @ u.detach().reshape(-1, u.shape[-1]).to(dtype)
         grad_b1 = gh.sum(0)
-        grad_u = (gh @ w1).view_as(u)
-        grad_x, grad_ln_w, grad_ln_b = torch.autograd.grad(u, (x_leaf, ln_w_leaf, ln_b_leaf), grad_u)
-        return grad_x, grad_ln_w, grad_ln_b, grad_w1, grad_b1, grad_w2, grad_b2, None
+        grad_u = (gh @ w1.to(dtype)).view_as(u)
+        grad_x, grad_ln_w, grad_ln_b = torch.autograd.grad(u, (x_leaf, ln_w_leaf, ln_b_leaf), grad_u.to(u.dtype))
+        return grad_x, grad_ln_w, grad_ln_b, grad_w1, grad_b1, grad_w2, grad_b2
 
 
 def lean_mlp(x: torch.Tensor, norm: nn.LayerNorm, mlp: nn.Module) -> torch.Tensor:
