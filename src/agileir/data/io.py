@@ -18,8 +18,8 @@ from agileir.errors import ImageError
 
 IMAGE_EXTENSIONS = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
-# Full-range BT.601 luma, as used by PIL's "L" mode and OpenCV's BGR2GRAY.
-_GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float64)
+# Full-range BT.601 luma 0.299 R + 0.587 G + 0.114 B in OpenCV's 15-bit fixed point (cvtColor).
+_GRAY_FIXED = (9798, 19235, 3735)
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
@@ -50,8 +50,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
                 raise ImageError(f"{p}: unsupported image mode {mode!r} (8-bit gray or RGB expected)")
     except ImageError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise ImageError(f"{p}: cannot read image ({exc.__class__.__name__}: {exc})") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{p}: cannot read image (not a recognised image format, or corrupt)") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageError(f"{p}: cannot read image ({exc})") from None
     return np.ascontiguousarray(arr, dtype=np.uint8)
 
 
@@ -73,18 +75,37 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
 
 
 def rgb_to_gray(image: np.ndarray) -> np.ndarray:
-    """Full-range BT.601 luma ``0.299 R + 0.587 G + 0.114 B``, rounded to uint8.
+    """Full-range BT.601 luma ``0.299 R + 0.587 G + 0.114 B`` as uint8, bit-exact with OpenCV's
+    ``cvtColor(BGR2GRAY)`` (15-bit fixed point, rounded).
 
-    This is what gray-model pipelines (PIL ``convert("L")``, OpenCV ``BGR2GRAY``) feed to
-    one-channel denoising / JPEG models; it is *not* the studio-range Y used for metrics.
+    This is the gray image one-channel denoising (and SR) models get from colour files.
     """
     arr = np.asarray(image)
     if arr.ndim == 2:
         return arr.copy()
     if arr.shape[2] == 1:
         return arr[:, :, 0].copy()
-    y = arr[:, :, :3].astype(np.float64) @ _GRAY_WEIGHTS
-    return np.clip(np.floor(y + 0.5), 0, 255).astype(np.uint8)
+    x = arr[:, :, :3].astype(np.int64)
+    r, g, b = _GRAY_FIXED
+    y = (x[:, :, 0] * r + x[:, :, 1] * g + x[:, :, 2] * b + (1 << 14)) >> 15
+    return y.astype(np.uint8)
+
+
+def rgb_to_y_uint8(image: np.ndarray) -> np.ndarray:
+    """Studio-range BT.601 luma ``16 + (65.481 R + 128.553 G + 24.966 B) / 255`` rounded to uint8.
+
+    The gray input of one-channel JPEG models made from colour files (SwinIR's ``jpeg_car``
+    test reduces colour images to this Y before encoding). Gray input is returned unchanged.
+    """
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        return arr.copy()
+    if arr.shape[2] == 1:
+        return arr[:, :, 0].copy()
+    x = arr[:, :, :3].astype(np.float64)
+    # same operation order as the common numpy reference (B, G, R dot product, / 255, + 16)
+    y = (x[:, :, 2] * 24.966 + x[:, :, 1] * 128.553 + x[:, :, 0] * 65.481) / 255.0 + 16.0
+    return np.clip(np.round(y), 0, 255).astype(np.uint8)
 
 
 def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
@@ -107,7 +128,7 @@ def uint8_to_tensor(image: np.ndarray) -> torch.Tensor:
     arr = np.asarray(image)
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    t = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).float().div_(255.0)
+    t = torch.from_numpy(arr.transpose(2, 0, 1).copy()).float().div_(255.0)
     return t.unsqueeze(0)
 
 
@@ -116,7 +137,7 @@ def float_to_tensor(image: np.ndarray) -> torch.Tensor:
     arr = np.asarray(image, dtype=np.float32)
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).unsqueeze(0)
+    return torch.from_numpy(arr.transpose(2, 0, 1).copy()).unsqueeze(0)
 
 
 def tensor_to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -143,6 +164,7 @@ __all__ = [
     "read_image",
     "write_image",
     "rgb_to_gray",
+    "rgb_to_y_uint8",
     "to_channels",
     "uint8_to_tensor",
     "float_to_tensor",

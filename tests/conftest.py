@@ -1,0 +1,44 @@
+"""Shared, generic test fixtures: where the benchmark images are."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# The shared benchmark folder sits next to the repository: <repo>/../shared/data/benchmarks
+SHARED_BENCHMARKS = (REPO_ROOT / ".." / "shared" / "data" / "benchmarks").resolve()
+# The project's own small copy (Set5 HR, LR_bicubic X2/X4, LR_bicubic_edsr X4)
+ASSET_TESTDATA = REPO_ROOT / "src" / "agileir" / "assets" / "testdata"
+
+try:  # run from a checkout without installing
+    import agileir  # noqa: F401
+except ImportError:  # pragma: no cover
+    sys.path.insert(0, str(REPO_ROOT / "src"))
+
+
+def shared_benchmarks_available() -> bool:
+    """True when ../shared/data/benchmarks holds the Set5/Set14/B100 folders."""
+    return all((SHARED_BENCHMARKS / name / "HR").is_dir() for name in ("Set5", "Set14", "B100"))
+
+
+@pytest.fixture(scope="session")
+def benchmarks_dir() -> Path:
+    """The shared benchmark folder (Set5, Set14, B100); skips the test when it is absent."""
+    if not shared_benchmarks_available():
+        pytest.skip(f"shared benchmark folder not found at {SHARED_BENCHMARKS}")
+    return SHARED_BENCHMARKS
+
+
+@pytest.fixture(scope="session")
+def testdata_dir() -> Path:
+    """The project's own small benchmark copy (src/agileir/assets/testdata)."""
+    return ASSET_TESTDATA
+
+
+@pytest.fixture(scope="session")
+def any_benchmarks_dir() -> Path:
+    """The shared benchmark folder when present, else the project's own copy."""
+    return SHARED_BENCHMARKS if shared_benchmarks_available() else ASSET_TESTDATA
