@@ -59,7 +59,7 @@ class GroupShiftedWindowAttention(RelativePositionBias):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, impl: str | None = None) -> torch.Tensor:
         bias = self.relative_position_bias()  # (G, N, N)
-        impl = resolve_impl(impl or self.impl)
+        impl = resolve_impl(impl or self.impl, x.device)
         outputs = []
         y = None
         for j, x_j in enumerate(x.split(self.group_dim, dim=-1)):

@@ -33,14 +33,25 @@ def _autocast_like(state: tuple[str, bool, torch.dtype]):
     return torch.autocast(device, dtype=dtype) if enabled else contextlib.nullcontext()
 
 
+def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def _set_rng_state(device: torch.device, state: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
 class _RecomputedBranch(torch.autograd.Function):
     """y = fn(x), keeping only x; backward re-runs fn with grad and back-propagates through it."""
 
     @staticmethod
     def forward(ctx, fn: Callable[[torch.Tensor], torch.Tensor], params_fn: Callable[[], Sequence[torch.Tensor]],
-                x: torch.Tensor, *params: torch.Tensor):
+                preserve_rng: bool, x: torch.Tensor, *params: torch.Tensor):
         ctx.fn, ctx.params_fn, ctx.param_ids = fn, params_fn, [id(p) for p in params]
         ctx.autocast = _autocast_state(x)
+        ctx.rng = _rng_state(x.device) if preserve_rng else None
         ctx.save_for_backward(x, *params)
         with torch.no_grad():
             return fn(x)
@@ -52,20 +63,29 @@ class _RecomputedBranch(torch.autograd.Function):
             raise RuntimeError("the lean attention path recomputes with the module's own parameters, which were "
                                "swapped since the forward pass (torch.func.functional_call?); "
                                "use attention_impl='eager' for that")
-        with torch.enable_grad(), _autocast_like(ctx.autocast):
-            x_leaf = x.detach().requires_grad_(x.requires_grad)
-            out = ctx.fn(x_leaf)
+        devices = [x.device] if x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, enabled=ctx.rng is not None):
+            if ctx.rng is not None:
+                _set_rng_state(x.device, ctx.rng)
+            with torch.enable_grad(), _autocast_like(ctx.autocast):
+                x_leaf = x.detach().requires_grad_(x.requires_grad)
+                out = ctx.fn(x_leaf)
         wanted = ([x_leaf] if x.requires_grad else []) + [p for p in params if p.requires_grad]
         grads = iter(torch.autograd.grad(out, wanted, grad_out, allow_unused=True))
         grad_x = next(grads) if x.requires_grad else None
         grad_params = [next(grads) if p.requires_grad else None for p in params]
-        return (None, None, grad_x, *grad_params)
+        return (None, None, None, grad_x, *grad_params)
 
 
 def recompute_branch(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                     params_fn: Callable[[], Sequence[torch.Tensor]]) -> torch.Tensor:
-    """``fn(x)`` whose intermediates are recomputed in backward; ``params_fn()`` lists the weights fn uses."""
-    return _RecomputedBranch.apply(fn, params_fn, x, *params_fn())
+                     params_fn: Callable[[], Sequence[torch.Tensor]], preserve_rng: bool = False) -> torch.Tensor:
+    """``fn(x)`` whose intermediates are recomputed in backward; ``params_fn()`` lists the weights fn uses.
+
+    This is also the project's gradient checkpointing (``preserve_rng=True`` replays random ops such as
+    stochastic depth identically): unlike ``torch.utils.checkpoint`` it keeps its input through
+    ``save_for_backward``, so the activation census sees what checkpointing holds.
+    """
+    return _RecomputedBranch.apply(fn, params_fn, preserve_rng, x, *params_fn())
 
 
 class _LeanMlp(torch.autograd.Function):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from agileir.errors import ImageError
 from agileir.models import heads
@@ -77,10 +76,11 @@ class TransformerBlock(nn.Module):
 
         self.attention_impl = config.attention_impl
         self.lean_by_default = config.attention == "gswa"
+        self.checkpointed = config.use_checkpoint  # the whole block is recomputed: no lean path inside
 
     def uses_lean_path(self) -> bool:
         """Training with the lean policy: 'lean', or 'auto' for GSWA (SwinIR's default stays eager)."""
-        if not (self.training and torch.is_grad_enabled()):
+        if self.checkpointed or not (self.training and torch.is_grad_enabled()):
             return False
         return self.attention_impl == "lean" or (self.attention_impl == "auto" and self.lean_by_default)
 
@@ -121,7 +121,8 @@ class BlockSequence(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
             if self.use_checkpoint and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, mask, use_reentrant=False)
+                x = recompute_branch(lambda t, b=block: b(t, mask), x,
+                                     lambda b=block: [p for p in b.parameters() if p.requires_grad], preserve_rng=True)
             else:
                 x = block(x, mask)
         return x

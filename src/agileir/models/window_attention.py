@@ -36,14 +36,16 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
     return kernels.window_attention(q, k, v, bias, mask, impl=impl)
 
 
-def resolve_impl(impl: str, fast_inference: bool = True) -> str:
-    """The attention kernel to run now: "auto" is the fast kernel without autograd, else eager.
+def resolve_impl(impl: str, device: torch.device, fast_inference: bool = True) -> str:
+    """The attention kernel to run now for ``impl`` ("auto", "eager", "lean" or "fast").
 
-    (Training memory is handled a level up, by the block's lean policy, see models/lean.py; the
-    kernel inside it is eager. "lean" here is the flash-style kernel of models/kernels.py.)
+    "auto" is SDPA ("fast") for inference on CUDA and batched-matmul "eager" otherwise: on CPU,
+    eager with an exact-zero mask measured 2x faster than SDPA for GSWA's one-head groups
+    (1024 windows, N=64: 41 ms vs 92 ms). Training memory is handled a level up, by the block's
+    lean policy (models/lean.py); "lean" here is the flash-style kernel of models/kernels.py.
     """
     if impl == "auto":
-        return "fast" if fast_inference and not torch.is_grad_enabled() else "eager"
+        return "fast" if fast_inference and device.type == "cuda" and not torch.is_grad_enabled() else "eager"
     return impl
 
 
@@ -82,7 +84,7 @@ class WindowAttention(RelativePositionBias):
         b_, n, c = x.shape
         qkv = self.qkv(x).reshape(b_, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0] * self.scale, qkv[1], qkv[2]
-        impl = resolve_impl(impl or self.impl, fast_inference=False)  # SwinIR default: the official math
+        impl = resolve_impl(impl or self.impl, x.device, fast_inference=False)  # SwinIR default: the official math
         out = attend(q, k, v, self.relative_position_bias(), mask, impl)
         return self.proj(out.transpose(1, 2).reshape(b_, n, c))
 
