@@ -146,3 +146,21 @@ def test_checkpointing_keeps_only_block_inputs():
     block_bytes = blocks * 8 * 8 * TINY["embed_dim"] * 4
     assert r_plain.total_bytes - r_ckpt.total_bytes > 5 * block_bytes
     assert r_ckpt.total_bytes >= block_bytes
+
+
+def test_inference_bias_is_cached_and_follows_weight_updates():
+    model = build_model("agileir-s", **TINY).eval()
+    attn = model.layers[0].residual_group.blocks[0].attn
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        y0 = model(x)
+        first = attn.relative_position_bias()
+        assert attn.relative_position_bias() is first  # reused, not re-gathered
+        attn.relative_position_bias_table.add_(1.0)  # e.g. an optimizer step or load_state_dict
+        assert attn.relative_position_bias() is not first
+        y1 = model(x)
+    assert not torch.equal(y0, y1)
+    fresh = build_model("agileir-s", **TINY).eval()
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), y1)

@@ -59,10 +59,20 @@ class RelativePositionBias(nn.Module):
         self.register_buffer("relative_position_index", relative_position_index(window_size))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
+        self._bias_cache: tuple[tuple, torch.Tensor] | None = None
+
     def relative_position_bias(self) -> torch.Tensor:
+        """(heads, N, N) bias. Without autograd it is gathered once and reused until the table
+        changes (in-place updates bump its version; moving the module changes its storage)."""
         n = self.window_size * self.window_size
         table = self.relative_position_bias_table
-        return table[self.relative_position_index.view(-1)].view(n, n, -1).permute(2, 0, 1)
+        if torch.is_grad_enabled():
+            return table[self.relative_position_index.view(-1)].view(n, n, -1).permute(2, 0, 1)
+        key = (table._version, table.data_ptr(), table.dtype, table.device)
+        if self._bias_cache is None or self._bias_cache[0] != key:
+            bias = table.detach()[self.relative_position_index.view(-1)].view(n, n, -1).permute(2, 0, 1)
+            self._bias_cache = (key, bias.contiguous())
+        return self._bias_cache[1]
 
 
 class WindowAttention(RelativePositionBias):
