@@ -190,3 +190,19 @@ def test_peak_memory_helpers() -> None:
     if not torch.cuda.is_available():
         M.reset_cuda_peak()
         assert M.cuda_peak_bytes() == 0
+
+
+def test_peak_rss_of_a_child_is_not_inherited_from_its_parent():
+    """A worker started by a big process must report its own peak, not the parent's."""
+    import subprocess
+    import sys
+
+    from agileir.engine.memory import peak_rss_bytes
+
+    ballast = bytearray(600 * 1024 * 1024)  # make this process large
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    code = "from agileir.engine.memory import peak_rss_bytes; print(peak_rss_bytes())"
+    child = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert peak_rss_bytes() > 600 * 1024 * 1024
+    assert child < 400 * 1024 * 1024
+    del ballast

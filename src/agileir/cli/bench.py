@@ -32,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--infer-size", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice); 1 gives steadier ratios on a busy machine")
     p.add_argument("--no-peak", action="store_true", help="skip the fresh-process peak-memory measurement")
     p.add_argument("--out", type=Path, default=None, help="folder for bench.csv, bench.json and bench.png")
     p.set_defaults(func=run)
@@ -45,12 +47,14 @@ def run(args: argparse.Namespace) -> int:
         raise AgileIRError("--device cuda was asked for but torch sees no CUDA device")
     if len(args.models) < 1:
         raise AgileIRError("name at least one model")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     variants = [Variant.parse(m, args.scale, args.checkpoint) for m in args.models]
     for v in variants:
         v.build(torch.device("meta"))  # fail fast on unknown presets / options
     rows = run_benchmark(variants, sorted(set(args.batch)), patch=args.patch, device=args.device,
                          precision=args.precision, infer_size=args.infer_size, repeats=args.repeats,
-                         warmup=args.warmup, measure_peak=not args.no_peak)
+                         warmup=args.warmup, measure_peak=not args.no_peak, threads=args.threads)
     base, other = args.models[0], args.models[-1]
     print()
     print(f"{args.device} {args.precision}, x{args.scale}, LR patch {args.patch}, checkpointing "

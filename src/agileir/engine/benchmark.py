@@ -100,10 +100,10 @@ def activation_bytes(variant: Variant, batch: int, patch: int, device: torch.dev
 
 
 def peak_step_bytes(variant: Variant, batch: int, patch: int, device: str, precision: str,
-                    timeout: float = 1800) -> int | None:
+                    threads: int | None = None, timeout: float = 1800) -> int | None:
     """Peak memory of a training step, measured in a fresh Python process."""
     args = json.dumps(dict(spec=variant.spec, preset=variant.preset, overrides=variant.overrides, batch=batch,
-                           patch=patch, device=device, precision=precision))
+                           patch=patch, device=device, precision=precision, threads=threads))
     proc = subprocess.run([sys.executable, "-m", "agileir.engine.benchmark", args], capture_output=True, text=True,
                           timeout=timeout)
     if proc.returncode != 0:
@@ -118,6 +118,8 @@ def _peak_worker(args: dict[str, Any]) -> dict[str, int]:
     from agileir.engine.memory import cuda_peak_bytes, peak_rss_bytes, reset_cuda_peak
 
     device = torch.device(args["device"])
+    if args.get("threads"):
+        torch.set_num_threads(args["threads"])
     torch.manual_seed(0)
     variant = Variant(args["spec"], args["preset"], args["overrides"])
     model = variant.build(device).train()
@@ -151,7 +153,7 @@ def median_times(fns: dict[str, Any], repeats: int, warmup: int, device: torch.d
 
 def run_benchmark(variants: list[Variant], batches: list[int], patch: int = 64, device: str = "cpu",
                   precision: str = "fp32", infer_size: int = 256, repeats: int = 3, warmup: int = 1,
-                  measure_peak: bool = True, progress=print) -> list[Row]:
+                  measure_peak: bool = True, threads: int | None = None, progress=print) -> list[Row]:
     dev = torch.device(device)
     rows: dict[tuple[str, int], Row] = {}
     for batch in batches:
@@ -162,7 +164,7 @@ def run_benchmark(variants: list[Variant], batches: list[int], patch: int = 64, 
             gc.collect()
             if measure_peak:
                 progress(f"[bench] {v.spec} batch {batch}: peak memory (fresh process)")
-                peak = peak_step_bytes(v, batch, patch, device, precision)
+                peak = peak_step_bytes(v, batch, patch, device, precision, threads)
                 row.peak_mib = None if peak is None else peak / MiB
         progress(f"[bench] batch {batch}: training step time, interleaved")
         steps = {}

@@ -211,7 +211,19 @@ def saved_activation_bytes(fn: Callable[..., Any], *args: Any,
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far, in bytes (never decreases)."""
+    """Peak resident set size of this process so far, in bytes (never decreases).
+
+    On Linux this is ``VmHWM`` of /proc/self/status, the high-water mark of this program's own
+    memory. ``ru_maxrss`` is not used there: the kernel carries it over from the parent through
+    fork and exec, so a worker started by a large process would report the parent's size.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)  # Linux reports KiB
 
