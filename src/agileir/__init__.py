@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 from agileir.models import NetworkConfig, RestorationTransformer, build_model, load_model, save_model
 
 __all__ = ["__version__", "NetworkConfig", "RestorationTransformer", "build_model", "load_model",
-           "save_model", "imresize"]
+           "save_model", "imresize", "Restorer"]
 
 
 def __getattr__(name: str) -> Any:
@@ -22,4 +22,8 @@ def __getattr__(name: str) -> Any:
         from agileir.data.resize import imresize
 
         return imresize
+    if name == "Restorer":
+        from agileir.inference.restorer import Restorer
+
+        return Restorer
     raise AttributeError(f"module 'agileir' has no attribute {name!r}")

@@ -142,9 +142,12 @@ def _load_model(args: argparse.Namespace, flags: Task | None) -> tuple[torch.nn.
     """Load or build the model and reconcile its configuration with the task flags."""
     import agileir  # lazy: the model code is not needed for the bicubic baseline
 
+    from agileir.models import zoo
+
     spec = args.model
-    if _is_weights_path(spec):
-        path = Path(spec)
+    shipped = zoo.find_weights(spec, flags.scale if flags is not None and flags.kind == "sr" else None)
+    if shipped is not None or _is_weights_path(spec):
+        path = shipped or Path(spec)
         if not path.is_file():
             raise ModelLoadError(f"{path}: no such weights file")
         model = agileir.load_model(path)

@@ -26,6 +26,7 @@ from agileir.errors import AgileIRError, ConfigError, ImageError
 OutOfMemoryError: type[BaseException] = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 Model = Callable[[torch.Tensor], torch.Tensor]
+Progress = Callable[[int, int], None]
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -124,11 +125,13 @@ def tiled_forward(
     window_size: int = 1,
     device: torch.device | str | None = None,
     feather: int | None = None,
+    progress: Progress | None = None,
 ) -> torch.Tensor:
     """Run ``model`` on ``x`` (``(B, C, H, W)``, kept on the CPU) tile by tile.
 
     Each tile is moved to ``device``, restored, and blended into a float32 CPU accumulator with
-    :func:`blend_weights`. Returns ``(B, C_out, scale*H, scale*W)`` on the CPU.
+    :func:`blend_weights`. Returns ``(B, C_out, scale*H, scale*W)`` on the CPU. ``progress``
+    is called with ``(tiles done, tiles in all)`` after each tile.
     """
     _check_tile(tile, window_size)
     if x.dim() != 4:
@@ -138,7 +141,8 @@ def tiled_forward(
     x_cpu = x.cpu()
     th, tw = min(tile, h), min(tile, w)
     out: torch.Tensor | None = None
-    for y0, x0, weight in blend_weights(h, w, tile, overlap, feather, scale):
+    plan = blend_weights(h, w, tile, overlap, feather, scale)
+    for done, (y0, x0, weight) in enumerate(plan, start=1):
         iy, ix = y0 // scale, x0 // scale
         patch = x_cpu[:, :, iy : iy + th, ix : ix + tw].to(device)
         res = model(patch)
@@ -152,6 +156,8 @@ def tiled_forward(
         wt = torch.from_numpy(weight.astype(np.float32))
         out[:, :, y0 : y0 + res.shape[-2], x0 : x0 + res.shape[-1]].add_(res * wt)
         del patch, res
+        if progress is not None:
+            progress(done, len(plan))
     assert out is not None
     return out
 
@@ -175,6 +181,7 @@ def run_model(
     window_size: int = 1,
     device: torch.device | str | None = None,
     feather: int | None = None,
+    progress: Progress | None = None,
 ) -> torch.Tensor:
     """Restore ``x`` whole (``tile=None``) or in tiles, retrying with smaller tiles on OOM.
 
@@ -203,7 +210,7 @@ def run_model(
     while True:
         try:
             return tiled_forward(model, x, tile, overlap, scale=scale, window_size=window_size,
-                                 device=device, feather=feather)
+                                 device=device, feather=feather, progress=progress)
         except OutOfMemoryError:
             _free_device_memory(device)
             new_tile = _smaller_tile(tile, window_size)

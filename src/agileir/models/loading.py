@@ -225,22 +225,31 @@ def official_state_dict(model: RestorationTransformer, img_size: int | None = No
     return sd
 
 
-def resolve_model(spec: str | os.PathLike, scale: int | None = None, **overrides: Any) -> RestorationTransformer:
-    """A model from a preset name or a weights path (what the command line's ``--model`` takes).
+def resolve_model(spec: str | os.PathLike, scale: int | None = None, *, pretrained: bool = False,
+                  **overrides: Any) -> RestorationTransformer:
+    """A model from a preset name, a shipped weights name or a weights path (``--model``).
 
-    For a preset, ``scale`` and ``overrides`` configure it (random weights). For weights, a
-    ``scale`` other than the one they were trained for is an error, not a silent mismatch.
+    ``agileir-s_x2`` (a name of :mod:`agileir.models.zoo`) loads the shipped weights. A preset
+    name builds random weights configured by ``scale`` and ``overrides``, unless ``pretrained``
+    asks for the preset's shipped weights at ``scale`` (an error when there are none). For
+    weights, a ``scale`` other than the one they were trained for is an error, not a silent
+    mismatch.
     """
+    from agileir.models import zoo
     from agileir.models.presets import PRESETS, build_model
 
     text = str(spec)
-    if text.lower() in PRESETS:
-        return build_model(text, **({"scale": scale} if scale else {}), **overrides)
-    path = Path(text)
+    shipped = zoo.find_weights(text)
+    if shipped is None and text.lower() in PRESETS:
+        if not pretrained:
+            return build_model(text, **({"scale": scale} if scale else {}), **overrides)
+        shipped = zoo.require_weights(text, scale or 2)
+    path = shipped or Path(text)
     if not path.exists():
-        raise ModelLoadError(f"{text!r} is neither a model preset ({', '.join(PRESETS)}) nor a weights file")
+        names = ", ".join([*PRESETS, *zoo.shipped_weights()])
+        raise ModelLoadError(f"{text!r} is neither a model name ({names}) nor a weights file")
     model = load_model(path, **overrides)
     if scale and model.config.scale != scale:
         raise ModelLoadError(f"{path.name} is a x{model.config.scale} model but scale {scale} was requested; "
-                             f"use x{model.config.scale} or weights trained for x{scale}")
+                             f"use --scale {model.config.scale} or weights trained for x{scale}")
     return model

@@ -1,0 +1,265 @@
+"""Restore users' images with a loaded model: the one object the Python API and the CLI share.
+
+Why: a model maps ``(B, C, H, W)`` float tensors; a user has a numpy array, a PIL image or a
+tensor, 8- or 16-bit, gray, RGB or RGBA, and wants the same kind back. :class:`Restorer` does the
+conversions, channel adaptation, alpha, precision, tiling (with an automatic tile size from the
+memory available) and the optional x8 self-ensemble, around one model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from typing import Any, Callable, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from agileir.errors import ConfigError, ImageError
+from agileir.inference.ensemble import self_ensemble
+from agileir.inference.tiling import Progress, run_model
+
+ImageLike = Union[np.ndarray, Image.Image, torch.Tensor]
+PRECISIONS = ("fp32", "bf16", "fp16")
+_LUMA = (0.299, 0.587, 0.114)  # BT.601 weights: colour model output back to a gray image
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``auto`` is CUDA when available, else the CPU; asking for a missing CUDA is an error."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available (use --device cpu)")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r} (use cpu, cuda or auto)") from None
+
+
+def available_memory_bytes(device: torch.device) -> int:
+    """Free memory on ``device``: the CUDA allocator's free bytes, or the OS's MemAvailable."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def inference_bytes_per_pixel(config: Any) -> int:
+    """Rough upper bound of the memory one input pixel costs in a no-grad forward pass.
+
+    Live at once inside a block: the residual stream and its norm, q/k/v, the attention output
+    and the MLP hidden layer (about ``(6 + mlp_ratio) * C`` floats), one head's (window) or one
+    group's (GSWA) attention maps over the window (``heads * N`` floats; twice for the softmax
+    copy), and the upsampler's widest layer at the output resolution. Float32, times 1.5 for
+    allocator slack; the automatic tile only needs to be safe, not tight.
+    """
+    c, n = config.embed_dim, config.window_size ** 2
+    heads = max(config.num_heads)
+    body = (6 + config.mlp_ratio) * c + 2 * heads * n
+    s2 = config.scale ** 2
+    if config.upsampler in ("pixelshuffle", "nearest+conv"):
+        head = 2 * s2 * config.num_feat
+    else:
+        head = 2 * s2 * config.in_chans
+    return int(4 * (body + head) * 1.5)
+
+
+def auto_tile(config: Any, height: int, width: int, device: torch.device, fraction: float = 0.5) -> int | None:
+    """Tile side (a window multiple) that fits in ``fraction`` of the free memory; None when the
+    whole image fits."""
+    budget = available_memory_bytes(device) * fraction
+    per_pixel = inference_bytes_per_pixel(config)
+    if height * width * per_pixel <= budget:
+        return None
+    m = config.window_size
+    side = int(math.sqrt(budget / per_pixel)) // m * m
+    return max(side, 4 * m)
+
+
+class Restorer:
+    """A model ready to restore images: ``Restorer(model).restore(image)``.
+
+    ``image`` may be a numpy array (``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)``; uint8, uint16 or
+    float in [0, 1]), a PIL image, or a float tensor ``(C, H, W)`` / ``(B, C, H, W)`` in [0, 1];
+    the result has the same kind, dtype and layout, ``scale`` times larger for super-resolution.
+    Gray images through colour models come back gray (BT.601 luma of the output); colour images
+    through one-channel models are restored channel by channel; alpha is upscaled with MATLAB
+    bicubic, apart from the model.
+
+    Args:
+        model: a :class:`~agileir.RestorationTransformer` (or compatible module with ``config``).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        precision: ``fp32`` or ``bf16`` (autocast). ``fp16`` is refused: SwinIR-type networks
+            overflow its range; a model may declare ``fp16_safe = True`` to allow it.
+        tile: None (whole image, falling back to tiles on CUDA out-of-memory), a tile side in
+            input pixels (a multiple of the window), or ``"auto"`` (from free memory).
+        tile_overlap: overlap between tiles in input pixels.
+        self_ensemble: average the eight flips/rotations (8x the time, about +0.1 dB).
+    """
+
+    def __init__(self, model: torch.nn.Module, *, device: str | torch.device = "auto", precision: str = "fp32",
+                 tile: int | str | None = None, tile_overlap: int = 32, self_ensemble: bool = False) -> None:
+        if precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {precision!r} (use fp32 or bf16)")
+        if precision == "fp16" and not getattr(model, "fp16_safe", False):
+            raise ConfigError("fp16 is refused: SwinIR-type models overflow float16 (activations beyond 65504 "
+                              "give inf/NaN); use --precision bf16 (same speed on recent hardware) or fp32")
+        if isinstance(tile, str) and tile != "auto":
+            try:
+                tile = int(tile)
+            except ValueError:
+                raise ConfigError(f"--tile must be 'auto' or a number of pixels, got {tile!r}") from None
+        if isinstance(tile, int) and (tile < model.config.window_size or tile % model.config.window_size):
+            m = model.config.window_size
+            raise ConfigError(f"tile size {tile} must be a multiple of the model's window size {m} "
+                              f"(e.g. {max(m, tile // m * m)})")
+        self.device = resolve_device(device)
+        self.model = model.eval().to(self.device)
+        self.precision, self.tile, self.tile_overlap = precision, tile, tile_overlap
+        self.self_ensemble = self_ensemble
+
+    @classmethod
+    def from_name(cls, spec: str, scale: int | None = None, **options: Any) -> "Restorer":
+        """A restorer for shipped weights (``agileir-s`` + ``scale``, ``agileir-s_x4``) or a weights file."""
+        from agileir.models.loading import resolve_model
+
+        return cls(resolve_model(spec, scale, pretrained=True), **options)
+
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    @property
+    def scale(self) -> int:
+        return int(self.config.scale) if self.config.task == "sr" else 1
+
+    # ------------------------------------------------------------------ tensors
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            return self.model(x).float()
+
+    def _tile_for(self, height: int, width: int) -> int | None:
+        if self.tile == "auto":
+            return auto_tile(self.config, height, width, self.device)
+        return self.tile  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def _run(self, x: torch.Tensor, progress: Progress | None = None) -> torch.Tensor:
+        """(B, C_model, H, W) float32 CPU -> (B, C_model, sH, sW) float32 CPU."""
+        tile = self._tile_for(*x.shape[-2:])
+
+        def once(t: torch.Tensor) -> torch.Tensor:
+            return run_model(self._forward, t, tile=tile, overlap=self.tile_overlap, scale=self.scale,
+                             window_size=self.config.window_size, device=self.device, progress=progress)
+
+        return self_ensemble(once, x) if self.self_ensemble else once(x)
+
+    def restore_tensor(self, x: torch.Tensor, progress: Progress | None = None) -> torch.Tensor:
+        """Restore a float ``(C, H, W)`` or ``(B, C, H, W)`` tensor in [0, 1] (1 or 3 channels,
+        or 4 with alpha); returned on the input's device and dtype, clamped to [0, 1]."""
+        if not torch.is_tensor(x) or not torch.is_floating_point(x) or x.dim() not in (3, 4):
+            raise ImageError("expected a float tensor (C, H, W) or (B, C, H, W) with values in [0, 1]")
+        batched = x.dim() == 4
+        t = (x if batched else x.unsqueeze(0)).detach().to("cpu", torch.float32)
+        c = t.shape[1]
+        if c not in (1, 3, 4):
+            raise ImageError(f"expected 1 (gray), 3 (RGB) or 4 (RGBA) channels, got {c}")
+        colour, alpha = (t[:, :3], t[:, 3:]) if c == 4 else (t, None)
+        out = self._restore_channels(colour, progress)
+        if alpha is not None:
+            out = torch.cat([out, self._resize_alpha(alpha)], dim=1)
+        out = out.clamp_(0.0, 1.0).to(x.device, x.dtype)
+        return out if batched else out[0]
+
+    def _restore_channels(self, x: torch.Tensor, progress: Progress | None) -> torch.Tensor:
+        b, c, h, w = x.shape
+        model_c = self.config.in_chans
+        if c == model_c:
+            return self._run(x, progress)
+        if c == 1 and model_c == 3:
+            y = self._run(x.expand(b, 3, h, w).contiguous(), progress)
+            weights = torch.tensor(_LUMA, dtype=y.dtype).view(1, 3, 1, 1)
+            return (y * weights).sum(dim=1, keepdim=True)
+        if c == 3 and model_c == 1:
+            y = self._run(x.reshape(b * 3, 1, h, w), progress)
+            return y.reshape(b, 3, *y.shape[-2:])
+        raise ImageError(f"cannot restore a {c}-channel image with a {model_c}-channel model")
+
+    def _resize_alpha(self, alpha: torch.Tensor) -> torch.Tensor:
+        if self.scale == 1:
+            return alpha
+        from agileir.data.resize import imresize_torch
+
+        return imresize_torch(alpha.double(), self.scale).float()
+
+    # ------------------------------------------------------------------ arrays and PIL
+
+    def restore_array(self, pixels: np.ndarray, progress: Progress | None = None) -> np.ndarray:
+        """Restore an ``(H, W[, C])`` array (uint8, uint16 or float in [0, 1]); same dtype back."""
+        arr = np.asarray(pixels)
+        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
+            raise ImageError(f"expected an (H, W), (H, W, 3) or (H, W, 4) image array, got shape {arr.shape}")
+        if arr.dtype == np.uint8:
+            peak = 255.0
+        elif arr.dtype == np.uint16:
+            peak = 65535.0
+        elif np.issubdtype(arr.dtype, np.floating):
+            peak = 1.0
+        else:
+            raise ImageError(f"unsupported pixel type {arr.dtype} (uint8, uint16 or float in [0, 1])")
+        chw = arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
+        x = torch.from_numpy(np.ascontiguousarray(chw, dtype=np.float32) / np.float32(peak))
+        y = self.restore_tensor(x, progress).numpy()
+        y = y[0] if arr.ndim == 2 else np.moveaxis(y, 0, -1)
+        if peak == 1.0:
+            return np.ascontiguousarray(y.astype(arr.dtype))
+        return np.ascontiguousarray(np.round(y * peak).astype(arr.dtype))
+
+    def restore_pil(self, image: Image.Image, progress: Progress | None = None) -> Image.Image:
+        """Restore a PIL image (L, I;16, RGB, RGBA; palette and LA images as RGB(A))."""
+        if image.mode in ("L", "RGB", "RGBA", "I;16"):
+            arr = np.asarray(image)
+        elif image.mode in ("LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            arr = np.asarray(image.convert("RGBA"))
+        elif image.mode == "1":
+            arr = np.asarray(image.convert("L"))
+        else:
+            arr = np.asarray(image.convert("RGB"))
+        return Image.fromarray(self.restore_array(arr, progress))
+
+    def restore(self, image: ImageLike, progress: Progress | None = None) -> ImageLike:
+        """Restore a numpy array, PIL image or tensor and return the same kind (see the class)."""
+        if isinstance(image, Image.Image):
+            return self.restore_pil(image, progress)
+        if torch.is_tensor(image):
+            return self.restore_tensor(image, progress)
+        if isinstance(image, np.ndarray):
+            return self.restore_array(image, progress)
+        raise ImageError(f"cannot restore a {type(image).__name__}: pass a numpy array, PIL image or tensor")
+
+    __call__ = restore
+
+
+__all__ = ["Restorer", "ImageLike", "PRECISIONS", "resolve_device", "auto_tile", "inference_bytes_per_pixel",
+           "available_memory_bytes"]

@@ -1,0 +1,101 @@
+"""User image files: bit depth, alpha and EXIF orientation survive a read/write round trip."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from agileir.data.formats import Picture, image_format, orient, read_picture, write_picture
+from agileir.errors import ImageError
+
+RNG = np.random.default_rng(0)
+
+
+def _pixels(shape, dtype):
+    top = 65535 if dtype == np.uint16 else 255
+    return RNG.integers(0, top + 1, size=shape, dtype=np.int64).astype(dtype)
+
+
+@pytest.mark.parametrize("ext", [".png", ".tif"])
+@pytest.mark.parametrize("shape", [(9, 13), (9, 13, 3), (9, 13, 4)])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_lossless_round_trip_keeps_depth_and_channels(tmp_path, ext, shape, dtype):
+    pixels = _pixels(shape, dtype)
+    path = write_picture(tmp_path / f"x{ext}", pixels)
+    back = read_picture(path)
+    assert back.pixels.dtype == dtype and back.pixels.shape == shape
+    np.testing.assert_array_equal(back.pixels, pixels)
+
+
+def test_sixteen_bit_png_is_read_at_full_depth_independently_of_pillow(tmp_path):
+    # Pillow reduces 16-bit colour PNG to 8 bits; the values here need all 16.
+    pixels = (np.arange(6 * 5 * 3).reshape(6, 5, 3) * 257 + 1).astype(np.uint16)
+    path = write_picture(tmp_path / "deep.png", pixels)
+    assert Image.open(path).mode == "RGB"  # what Pillow alone would give (8-bit)
+    np.testing.assert_array_equal(read_picture(path).pixels, pixels)
+
+
+@pytest.mark.parametrize("ext,fmt", [(".jpg", "JPEG"), (".webp", "WEBP"), (".bmp", "BMP")])
+def test_eight_bit_formats_read_and_write(tmp_path, ext, fmt):
+    pixels = _pixels((16, 12, 3), np.uint8)
+    path = write_picture(tmp_path / f"p{ext}", pixels)
+    pic = read_picture(path)
+    assert pic.format == fmt and pic.pixels.shape == (16, 12, 3) and pic.pixels.dtype == np.uint8
+    assert Image.open(path).format == fmt
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_matches_pillow(tmp_path, orientation):
+    raw = _pixels((5, 7, 3), np.uint8)
+    image = Image.fromarray(raw)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    path = tmp_path / "o.jpg"
+    image.save(path, exif=exif, quality=100)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(path)))
+    np.testing.assert_array_equal(read_picture(path).pixels, expected)
+    np.testing.assert_array_equal(orient(np.asarray(Image.open(path)), orientation), expected)
+
+
+def test_picture_properties():
+    assert Picture(np.zeros((2, 2, 4), np.uint16), "PNG").has_alpha
+    assert Picture(np.zeros((2, 2, 4), np.uint16), "PNG").bit_depth == 16
+    assert not Picture(np.zeros((2, 2, 3), np.uint8), "PNG").has_alpha
+
+
+def test_formats_that_cannot_hold_the_data_are_refused_without_a_file(tmp_path):
+    with pytest.raises(ImageError, match="16-bit"):
+        write_picture(tmp_path / "a.jpg", _pixels((4, 4, 3), np.uint16))
+    with pytest.raises(ImageError, match="alpha"):
+        write_picture(tmp_path / "a.jpg", _pixels((4, 4, 4), np.uint8))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_files_give_one_line_errors(tmp_path):
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (tmp_path / "corrupt.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "corrupt.tif").write_bytes(b"II*\x00garbage")
+    for name in ("corrupt.png", "corrupt.jpg", "corrupt.tif", "missing.png"):
+        with pytest.raises(ImageError) as info:
+            read_picture(tmp_path / name)
+        assert "\n" not in str(info.value) and name in str(info.value)
+    with pytest.raises(ImageError, match="unsupported image format"):
+        image_format(tmp_path / "anim.gif")
+
+
+def test_failed_write_leaves_no_partial_file(tmp_path):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("x")
+    with pytest.raises(ImageError, match="cannot write"):
+        write_picture(blocker / "out.png", _pixels((4, 4), np.uint8))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not_a_folder"]
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    mask = os.umask(0)
+    os.umask(mask)
+    path = write_picture(tmp_path / "p.png", _pixels((4, 4), np.uint8))
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's private 0600
