@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from agileir.models.window_attention import RelativePositionBias, attend, resolve_impl
+from agileir.models.windows import is_exporting
 
 
 def group_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
@@ -25,7 +26,10 @@ def group_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: tor
     logits = torch.baddbmm(bias.unsqueeze(0), q, k.transpose(1, 2))
     if mask is not None:
         n = logits.shape[-1]
-        logits.view(-1, mask.shape[0], n, n).add_(mask.to(logits.dtype))
+        if is_exporting():  # the legacy ONNX exporter silently drops in-place adds through a view
+            logits = (logits.view(-1, mask.shape[0], n, n) + mask.to(logits.dtype)).flatten(0, 1)
+        else:
+            logits.view(-1, mask.shape[0], n, n).add_(mask.to(logits.dtype))
     return torch.softmax(logits, dim=-1) @ v
 
 
@@ -41,7 +45,7 @@ class GroupShiftedWindowAttention(RelativePositionBias):
     def __init__(self, dim: int, window_size: int, num_heads: int, key_dim: int = 8,
                  dwconv_kernel: int = 3, activation: str = "relu", qkv_norm: bool = False,
                  zero_init_proj: bool = False, qkv_bias: bool = True, impl: str = "auto") -> None:
-        super().__init__(window_size, num_heads)
+        super().__init__(window_size, num_heads, persistent_index=False)
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by {num_heads} groups")
         self.dim, self.key_dim, self.impl = dim, key_dim, impl

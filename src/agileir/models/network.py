@@ -7,6 +7,8 @@ attention module each transformer block holds (``config.attention``).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,7 +19,8 @@ from agileir.models.config import NetworkConfig
 from agileir.models.gswa import GroupShiftedWindowAttention
 from agileir.models.lean import lean_mlp, recompute_branch
 from agileir.models.window_attention import WindowAttention
-from agileir.models.windows import MASK_VALUE, ShiftMaskCache, window_partition, window_reverse
+from agileir.models.windows import (MASK_VALUE, ShiftMaskCache, is_exporting, traceable_shift_mask, window_partition,
+                                    window_reverse)
 
 RGB_MEAN = (0.4488, 0.4371, 0.4040)  # DIV2K mean, as in SwinIR
 
@@ -211,7 +214,11 @@ class RestorationTransformer(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Deep features of (B, C, H, W) shallow features, H and W multiples of the window."""
         h, w = x.shape[-2:]
-        mask = self._masks.get(h, w, x.device)
+        if is_exporting():  # symbolic sizes: no int-keyed cache
+            mask = traceable_shift_mask(h, w, self.config.window_size, self.config.window_size // 2,
+                                        x.device, self._masks.value)
+        else:
+            mask = self._masks.get(h, w, x.device)
         t = self.patch_embed(x.permute(0, 2, 3, 1))
         for layer in self.layers:
             t = layer(t, mask)
@@ -221,6 +228,8 @@ class RestorationTransformer(nn.Module):
         h, w = x.shape[-2:]
         m = self.config.window_size
         pad_h, pad_w = (-h) % m, (-w) % m
+        if is_exporting():  # symbolic sizes: pad unconditionally (a zero pad is a no-op)
+            return F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
         if pad_h >= h or pad_w >= w:
             raise ImageError(
                 f"input {w}x{h} is too small for this model's {m}x{m} windows; "
@@ -242,6 +251,18 @@ class RestorationTransformer(nn.Module):
         y = y / self.config.img_range + mean
         s = self.config.scale
         return y[:, :, :h * s, :w * s]
+
+    def restore(self, image: Any, **options: Any) -> Any:
+        """Restore a numpy array, PIL image or tensor and return the same kind.
+
+        Padding, tiling (``tile=...``), precision and channels are handled by
+        :class:`agileir.inference.restorer.Restorer`, which takes the same ``options``; the
+        model stays on its current device unless ``device`` is given.
+        """
+        from agileir.inference.restorer import Restorer
+
+        options.setdefault("device", self.conv_first.weight.device)
+        return Restorer(self, **options).restore(image)
 
     def extra_repr(self) -> str:
         c = self.config

@@ -58,6 +58,36 @@ def shift_mask(height: int, width: int, window_size: int, shift: int,
     return mask.to(device) if device is not None else mask
 
 
+def is_exporting() -> bool:
+    """True while the model is traced or exported (torch.jit.trace, torch.onnx.export, torch.export).
+
+    Feature sizes may then be symbolic, so the shift mask and the padding are computed with tensor
+    ops (:func:`traceable_shift_mask`) instead of Python-int caches and branches.
+    """
+    exporting = getattr(torch.compiler, "is_exporting", None)
+    return (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+            or (exporting is not None and exporting()))
+
+
+def traceable_shift_mask(height: int | torch.Tensor, width: int | torch.Tensor, window_size: int, shift: int,
+                         device: torch.device | str | None = None, value: float = MASK_VALUE) -> torch.Tensor:
+    """:func:`shift_mask` from tensor ops only, for symbolic ``height`` / ``width`` when exporting.
+
+    A row's region is 0 above ``height - window``, 1 up to ``height - shift`` and 2 below (the
+    same for columns), so the labels follow from ``arange`` comparisons without slicing by size.
+    """
+    m = window_size
+
+    def band(n: int | torch.Tensor) -> torch.Tensor:
+        idx = torch.arange(n, device=device)
+        return (idx >= n - m).to(torch.int64) + (idx >= n - shift).to(torch.int64)
+
+    region = band(height)[:, None] * 3 + band(width)[None, :]  # (H, W)
+    labels = window_partition(region[None, :, :, None], m).squeeze(-1)  # (nW, N)
+    diff = labels[:, None, :] - labels[:, :, None]
+    return torch.zeros_like(diff, dtype=torch.float32).masked_fill(diff != 0, value)
+
+
 class ShiftMaskCache:
     """Shift masks computed once per (feature size, device) and reused by every block."""
 
