@@ -52,14 +52,22 @@ def resolve_impl(impl: str, device: torch.device, fast_inference: bool = True) -
 class RelativePositionBias(nn.Module):
     """A learnable ((2M-1)^2, heads) table, gathered into an (heads, N, N) bias."""
 
-    def __init__(self, window_size: int, num_heads: int) -> None:
+    def __init__(self, window_size: int, num_heads: int, persistent_index: bool = True) -> None:
         super().__init__()
         self.window_size, self.num_heads = window_size, num_heads
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
-        self.register_buffer("relative_position_index", relative_position_index(window_size))
+        # SwinIR's state dict carries the (derived) index; the official key layout keeps it. Other
+        # attentions leave it out, so detectors keyed on it do not mistake them for SwinIR.
+        self.register_buffer("relative_position_index", relative_position_index(window_size),
+                             persistent=persistent_index)
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
         self._bias_cache: tuple[tuple, torch.Tensor] | None = None
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        if "relative_position_index" in self._non_persistent_buffers_set:
+            state_dict.pop(prefix + "relative_position_index", None)  # derived; older files carry it
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def relative_position_bias(self) -> torch.Tensor:
         """(heads, N, N) bias. Without autograd it is gathered once and reused until the table
