@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import numpy as np
@@ -174,7 +173,6 @@ def test_user_errors(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.skipif(os.environ.get("AGILEIR_SKIP_SLOW_TESTS") == "1", reason="AGILEIR_SKIP_SLOW_TESTS=1")
 def test_onnx_dynamo_exporter(tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")

@@ -58,8 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--model", required=True, metavar="PRESET_OR_WEIGHTS",
-                   help="preset name (swinir-s, agileir-s, ...; random weights), a weights file "
-                        "(.pth official SwinIR or .safetensors), or 'bicubic' for the baseline only")
+                   help="shipped weights (agileir-s with --scale, or agileir-s_x4), a preset name without "
+                        "shipped weights at that scale (random weights), a weights file (.pth official SwinIR "
+                        "or .safetensors), or 'bicubic' for the baseline only")
     p.add_argument("--data", required=True, type=Path, metavar="DIR", help="benchmark folder of one data set")
     task = p.add_mutually_exclusive_group()
     task.add_argument("--scale", type=int, metavar="S", help="super-resolution scale (2, 3, 4, 8)")
