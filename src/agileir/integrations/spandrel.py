@@ -14,9 +14,9 @@ The entry is detected just before spandrel's own ``SwinIR`` and claims only what
 cannot load: AgileIR (GSWA) weights, and the SwinIR-layout weights agileir writes (``save_model``
 stores no ``relative_position_index`` / ``attn_mask``; a ``model.state_dict()`` has no
 ``attn_mask``). Official SwinIR checkpoints carry the shift masks and stay with spandrel's SwinIR.
-Without ``register()``, spandrel's SwinIR detector does claim an in-memory AgileIR state dict (it
-only checks ``conv_first.weight``, ``...blocks.0.norm1.weight``, ``...blocks.0.mlp.fc1.bias`` and
-``...blocks.0.attn.relative_position_index``) and then fails to load it.
+spandrel's SwinIR detector checks ``conv_first.weight``, ``...blocks.0.norm1.weight``,
+``...blocks.0.mlp.fc1.bias`` and ``...blocks.0.attn.relative_position_index``; GSWA does not
+persist that derived index, so no AgileIR state dict (file or in memory) is taken for SwinIR.
 
 spandrel reads safetensors with ``safetensors.torch.load_file``, which drops the file's metadata,
 so the configuration is recovered from the tensors (``agileir.models.loading.detect_config``).
