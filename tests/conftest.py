@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The shared benchmark folder sits next to the repository: <repo>/../shared/data/benchmarks
@@ -42,3 +43,13 @@ def testdata_dir() -> Path:
 def any_benchmarks_dir() -> Path:
     """The shared benchmark folder when present, else the project's own copy."""
     return SHARED_BENCHMARKS if shared_benchmarks_available() else ASSET_TESTDATA
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tests on one torch thread: tiny workloads, no oversubscription on a shared
+    machine. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)

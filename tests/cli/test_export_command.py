@@ -11,15 +11,8 @@ import torch
 from agileir import build_model, save_model
 from agileir.cli import main
 
-pytestmark = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.:DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings(r"ignore:`torch\.jit\.:DeprecationWarning"), pytest.mark.usefixtures("one_thread")]
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _weights(tmp_path, family: str = "agileir"):

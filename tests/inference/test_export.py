@@ -16,7 +16,7 @@ from agileir.models.windows import ShiftMaskCache, is_exporting, shift_mask, tra
 # Sizes (H, W) checked after export: one a window multiple, one not (the padding runs).
 SIZES = [(40, 56), (37, 50)]
 TOL = 1e-4
-pytestmark = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.:DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings(r"ignore:`torch\.jit\.:DeprecationWarning"), pytest.mark.usefixtures("one_thread")]
 
 
 def _tiny(family: str, **overrides):
@@ -30,13 +30,6 @@ def _tiny(family: str, **overrides):
 def _rand(*shape: int) -> torch.Tensor:
     return torch.rand(*shape, generator=torch.Generator().manual_seed(sum(shape)))
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("window", [4, 7, 8])

@@ -48,15 +48,9 @@ from agileir.models import build_model, official_state_dict  # noqa: E402
 from agileir.models.loading import DERIVED_SUFFIXES  # noqa: E402
 from agileir.integrations.spandrel import ARCH_ID, AgileIRArch, detect_agileir, register  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TINY = dict(embed_dim=12, depths=(2, 2), num_heads=(2, 3), window_size=4, key_dim=2, num_feat=8)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 @pytest.fixture()

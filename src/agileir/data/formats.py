@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from agileir.data.io import read_errors
 from agileir.errors import ImageError
 from agileir.fileio import atomic_path
 
@@ -142,7 +143,7 @@ def read_picture(path: str | os.PathLike) -> Picture:
     fmt = image_format(p)
     if not p.is_file():
         raise ImageError(f"{p}: no such image file")
-    try:
+    with read_errors(p):
         if fmt == "TIFF":
             pixels = _read_tiff(p)
         elif fmt == "PNG" and _png_bit_depth(p) == 16:
@@ -151,12 +152,6 @@ def read_picture(path: str | os.PathLike) -> Picture:
                 pixels = orient(pixels, im.getexif().get(_ORIENTATION_TAG, 1))
         else:
             pixels = _read_pillow(p)
-    except ImageError:
-        raise
-    except UnidentifiedImageError:
-        raise ImageError(f"{p}: cannot read image (not a recognised image format, or corrupt)") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise ImageError(f"{p}: cannot read image ({exc})") from None
     return Picture(pixels, fmt)
 
 

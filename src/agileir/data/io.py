@@ -7,7 +7,9 @@ Errors are raised as :class:`agileir.errors.ImageError` with a one-line message.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,19 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(IMAGE_EXTENSIONS)
 
 
+@contextlib.contextmanager
+def read_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Turn the ways a decoder fails on a bad file into one-line :class:`ImageError`\ s."""
+    try:
+        yield
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: cannot read image (not a recognised image format, or corrupt)") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageError(f"{path}: cannot read image ({exc})") from None
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an 8-bit image as ``uint8``: ``(H, W)`` for grayscale, ``(H, W, 3)`` for colour.
 
@@ -36,7 +51,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     p = Path(path)
     if not p.is_file():
         raise ImageError(f"{p}: no such image file")
-    try:
+    with read_errors(p):
         with Image.open(p) as im:
             im.load()
             mode = im.mode
@@ -48,12 +63,6 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
                 arr = np.asarray(im.convert("RGB"))
             else:
                 raise ImageError(f"{p}: unsupported image mode {mode!r} (8-bit gray or RGB expected)")
-    except ImageError:
-        raise
-    except UnidentifiedImageError:
-        raise ImageError(f"{p}: cannot read image (not a recognised image format, or corrupt)") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise ImageError(f"{p}: cannot read image ({exc})") from None
     return np.ascontiguousarray(arr, dtype=np.uint8)
 
 
@@ -161,6 +170,7 @@ def tensor_to_uint8(x: torch.Tensor) -> np.ndarray:
 __all__ = [
     "IMAGE_EXTENSIONS",
     "is_image_file",
+    "read_errors",
     "read_image",
     "write_image",
     "rgb_to_gray",
