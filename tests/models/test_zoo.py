@@ -54,7 +54,7 @@ def _readme_scores() -> dict[tuple[str, int], float]:
     return rows
 
 
-@pytest.mark.parametrize("name,scale", [("agileir-s", 2), ("agileir-s", 4)])
+@pytest.mark.parametrize("name,scale", [("agileir-s", 2), ("agileir-s", 4), ("swinir-s", 4)])
 def test_readme_scores_are_reproduced_by_agileir_test_on_set5(tmp_path, testdata_dir, name, scale):
     stated = _readme_scores()
     assert (name, scale) in stated, "the README must state the shipped weights' Set5 score"
