@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from agileir.data.formats import Picture, image_format, orient, read_picture, write_picture
+from agileir.data.formats import image_format, orient, read_picture, write_picture
 from agileir.errors import ImageError
 
 RNG = np.random.default_rng(0)
@@ -58,12 +58,6 @@ def test_exif_orientation_matches_pillow(tmp_path, orientation):
     expected = np.asarray(ImageOps.exif_transpose(Image.open(path)))
     np.testing.assert_array_equal(read_picture(path).pixels, expected)
     np.testing.assert_array_equal(orient(np.asarray(Image.open(path)), orientation), expected)
-
-
-def test_picture_properties():
-    assert Picture(np.zeros((2, 2, 4), np.uint16), "PNG").has_alpha
-    assert Picture(np.zeros((2, 2, 4), np.uint16), "PNG").bit_depth == 16
-    assert not Picture(np.zeros((2, 2, 3), np.uint8), "PNG").has_alpha
 
 
 def test_formats_that_cannot_hold_the_data_are_refused_without_a_file(tmp_path):

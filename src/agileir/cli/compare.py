@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
             seconds = _median_seconds(lambda: model(xi), args.repeats)
         rows.append((name, model.config.attention, count_parameters(model), macs["total"] / 1e9,
                      report.total_bytes / 2 ** 20, seconds * 1e3))
-    header = ("model", "attention", "params", f"GMACs@1280x720", f"act. MiB/{args.patch}px patch",
+    header = ("model", "attention", "params", "GMACs@1280x720", f"act. MiB/{args.patch}px patch",
               f"infer ms@{args.infer_size}px")
     widths = [max(len(header[i]), 12) for i in range(len(header))]
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)))

@@ -33,9 +33,10 @@ from agileir.data.io import (
     write_image,
 )
 from agileir.data.pairs import BenchmarkFolder, Sample, discover, load_sr_pair
+from agileir.engine.distributed import resolve_device
 from agileir.errors import AgileIRError, ConfigError, ModelLoadError
 from agileir.inference.ensemble import self_ensemble
-from agileir.inference.tiling import run_model, swinir_test_pad
+from agileir.inference.tiling import check_tile, run_model, swinir_test_pad
 from agileir.metrics import evaluate_pair, mean_metrics
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt", ".bin")
@@ -125,14 +126,6 @@ def _task_from_flags(args: argparse.Namespace) -> Task | None:
             raise ConfigError(f"--jpeg quality must be in 1..100, got {args.jpeg}")
         return Task("jpeg", quality=args.jpeg)
     return None
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available")
-    return torch.device(name)
 
 
 def _is_weights_path(model: str) -> bool:
@@ -246,8 +239,7 @@ def _make_runner(model: torch.nn.Module, args: argparse.Namespace, task: Task,
     tile = args.tile
     overlap = args.tile_overlap
     if tile is not None:
-        if tile < window or tile % window:
-            raise ConfigError(f"--tile {tile} must be a multiple of the model's window size {window}")
+        check_tile(tile, window)
         if overlap is None:
             overlap = min(32, tile // 4)
         if not 0 <= overlap < tile:
@@ -342,7 +334,7 @@ def _write_json(path: Path, info: dict[str, Any], methods: list[Method], columns
 def run(args: argparse.Namespace) -> int:
     """Run the evaluation described by ``args``; 0 if every image was scored, 1 if some failed."""
     flags = _task_from_flags(args)
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     model: torch.nn.Module | None = None
     if args.model.lower() == "bicubic":
         if flags is None:

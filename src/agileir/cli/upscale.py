@@ -55,7 +55,7 @@ def _common(p: argparse.ArgumentParser, default_model: str | None) -> None:
 
 def collect_inputs(items: list[str]) -> list[Path]:
     """Image files named directly or found (non-recursively) in folders, in order, without repeats."""
-    from agileir.data.formats import image_format, is_supported
+    from agileir.data.formats import FORMATS, image_format, is_supported
 
     files: list[Path] = []
     for item in items:
@@ -63,7 +63,7 @@ def collect_inputs(items: list[str]) -> list[Path]:
         if p.is_dir():
             found = sorted(f for f in p.iterdir() if f.is_file() and is_supported(f))
             if not found:
-                raise ImageError(f"{p}: no images found (looked for {', '.join(sorted({'.png', '.jpg', '.webp', '.tif', '.bmp'}))})")
+                raise ImageError(f"{p}: no images found (looked for {', '.join(sorted(FORMATS))})")
             files.extend(found)
         elif p.is_file():
             image_format(p)  # unsupported extension: one-line error before any work
@@ -117,13 +117,7 @@ def _load(args: argparse.Namespace):
         raise ConfigError(f"{args.model} is a {task} model, not super-resolution; use 'agileir restore'")
     if args.command_kind == "restore" and task == "sr":
         raise ConfigError(f"{args.model} is a super-resolution model; use 'agileir upscale'")
-    tile = args.tile
-    if tile not in ("auto", None):
-        try:
-            tile = int(tile) or None
-        except ValueError:
-            raise ConfigError(f"--tile must be 'auto', 0 or a number of pixels, got {args.tile!r}") from None
-    return Restorer(model, device=args.device, precision=args.precision, tile=tile,
+    return Restorer(model, device=args.device, precision=args.precision, tile=args.tile,
                     tile_overlap=args.tile_overlap, self_ensemble=args.self_ensemble)
 
 

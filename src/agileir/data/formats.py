@@ -37,14 +37,6 @@ class Picture:
     pixels: np.ndarray  # (H, W), (H, W, 3) or (H, W, 4); uint8 or uint16; upright
     format: str  # Pillow format name (PNG, JPEG, ...)
 
-    @property
-    def has_alpha(self) -> bool:
-        return self.pixels.ndim == 3 and self.pixels.shape[2] == 4
-
-    @property
-    def bit_depth(self) -> int:
-        return 16 if self.pixels.dtype == np.uint16 else 8
-
 
 def image_format(path: str | os.PathLike) -> str:
     """Pillow format name for the file's extension; :class:`ImageError` for unsupported ones."""

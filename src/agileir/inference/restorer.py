@@ -11,33 +11,20 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from typing import Any, Callable, Union
+from typing import Any, Union
 
 import numpy as np
 import torch
 from PIL import Image
 
+from agileir.engine.distributed import resolve_device
 from agileir.errors import ConfigError, ImageError
 from agileir.inference.ensemble import self_ensemble
-from agileir.inference.tiling import Progress, run_model
+from agileir.inference.tiling import Progress, check_tile, run_model
 
 ImageLike = Union[np.ndarray, Image.Image, torch.Tensor]
 PRECISIONS = ("fp32", "bf16", "fp16")
 _LUMA = (0.299, 0.587, 0.114)  # BT.601 weights: colour model output back to a gray image
-
-
-def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """``auto`` is CUDA when available, else the CPU; asking for a missing CUDA is an error."""
-    if isinstance(name, torch.device):
-        return name
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available (use --device cpu)")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r} (use cpu, cuda or auto)") from None
 
 
 def available_memory_bytes(device: torch.device) -> int:
@@ -90,6 +77,17 @@ def auto_tile(config: Any, height: int, width: int, device: torch.device, fracti
     return max(side, 4 * m)
 
 
+def parse_tile(tile: int | str | None) -> int | str | None:
+    """``None``/``0`` (whole image), ``"auto"`` or a tile side in pixels, from an option value."""
+    if tile is None or tile == "auto":
+        return tile
+    try:
+        side = int(tile)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--tile must be 'auto', 0 (whole image) or a number of pixels, got {tile!r}") from None
+    return side or None
+
+
 class Restorer:
     """A model ready to restore images: ``Restorer(model).restore(image)``.
 
@@ -105,8 +103,8 @@ class Restorer:
         device: ``auto``, ``cpu`` or ``cuda``.
         precision: ``fp32`` or ``bf16`` (autocast). ``fp16`` is refused: SwinIR-type networks
             overflow its range; a model may declare ``fp16_safe = True`` to allow it.
-        tile: None (whole image, falling back to tiles on CUDA out-of-memory), a tile side in
-            input pixels (a multiple of the window), or ``"auto"`` (from free memory).
+        tile: None or 0 (whole image, falling back to tiles on CUDA out-of-memory), a tile side
+            in input pixels (a multiple of the window), or ``"auto"`` (from free memory).
         tile_overlap: overlap between tiles in input pixels.
         self_ensemble: average the eight flips/rotations (8x the time, about +0.1 dB).
     """
@@ -118,16 +116,10 @@ class Restorer:
         if precision == "fp16" and not getattr(model, "fp16_safe", False):
             raise ConfigError("fp16 is refused: SwinIR-type models overflow float16 (activations beyond 65504 "
                               "give inf/NaN); use --precision bf16 (same speed on recent hardware) or fp32")
-        if isinstance(tile, str) and tile != "auto":
-            try:
-                tile = int(tile)
-            except ValueError:
-                raise ConfigError(f"--tile must be 'auto' or a number of pixels, got {tile!r}") from None
-        if isinstance(tile, int) and (tile < model.config.window_size or tile % model.config.window_size):
-            m = model.config.window_size
-            raise ConfigError(f"tile size {tile} must be a multiple of the model's window size {m} "
-                              f"(e.g. {max(m, tile // m * m)})")
-        self.device = resolve_device(device)
+        tile = parse_tile(tile)
+        if isinstance(tile, int):
+            check_tile(tile, model.config.window_size)
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.model = model.eval().to(self.device)
         self.precision, self.tile, self.tile_overlap = precision, tile, tile_overlap
         self.self_ensemble = self_ensemble
@@ -261,5 +253,5 @@ class Restorer:
     __call__ = restore
 
 
-__all__ = ["Restorer", "ImageLike", "PRECISIONS", "resolve_device", "auto_tile", "inference_bytes_per_pixel",
+__all__ = ["Restorer", "ImageLike", "PRECISIONS", "parse_tile", "auto_tile", "inference_bytes_per_pixel",
            "available_memory_bytes"]

@@ -105,7 +105,8 @@ def blend_weights(
     return [(y, x, w / total[y : y + w.shape[0], x : x + w.shape[1]]) for y, x, w in raw]
 
 
-def _check_tile(tile: int, window_size: int) -> None:
+def check_tile(tile: int, window_size: int) -> None:
+    """A tile must be a positive multiple of the model's window (no padding inside a tile)."""
     if tile < window_size or tile % window_size:
         lower = max(window_size, tile // window_size * window_size)
         raise ConfigError(
@@ -133,7 +134,7 @@ def tiled_forward(
     :func:`blend_weights`. Returns ``(B, C_out, scale*H, scale*W)`` on the CPU. ``progress``
     is called with ``(tiles done, tiles in all)`` after each tile.
     """
-    _check_tile(tile, window_size)
+    check_tile(tile, window_size)
     if x.dim() != 4:
         raise ValueError(f"expected (B, C, H, W), got shape {tuple(x.shape)}")
     device = torch.device(device) if device is not None else x.device
@@ -206,7 +207,7 @@ def run_model(
             warnings.warn(f"out of device memory for the whole image; retrying with --tile {tile}",
                           RuntimeWarning, stacklevel=2)
     else:
-        _check_tile(tile, window_size)
+        check_tile(tile, window_size)
     while True:
         try:
             return tiled_forward(model, x, tile, overlap, scale=scale, window_size=window_size,
@@ -244,4 +245,4 @@ def swinir_test_pad(x: torch.Tensor, window_size: int) -> torch.Tensor:
     return torch.cat([x, torch.flip(x, dims=(-1,))], dim=-1)[..., :, : w + pw]
 
 
-__all__ = ["OutOfMemoryError", "tile_starts", "blend_weights", "tiled_forward", "run_model", "swinir_test_pad"]
+__all__ = ["OutOfMemoryError", "check_tile", "tile_starts", "blend_weights", "tiled_forward", "run_model", "swinir_test_pad"]
