@@ -148,16 +148,13 @@ def test_checkpointing_keeps_only_block_inputs():
     assert r_ckpt.total_bytes >= block_bytes
 
 
-def test_inference_bias_is_cached_and_follows_weight_updates():
+def test_inference_bias_follows_weight_updates():
     model = build_model("agileir-s", **TINY).eval()
     attn = model.layers[0].residual_group.blocks[0].attn
     x = torch.rand(1, 3, 8, 8)
     with torch.no_grad():
         y0 = model(x)
-        first = attn.relative_position_bias()
-        assert attn.relative_position_bias() is first  # reused, not re-gathered
         attn.relative_position_bias_table.add_(torch.randn_like(attn.relative_position_bias_table))  # a step
-        assert attn.relative_position_bias() is not first
         y1 = model(x)
     assert not torch.equal(y0, y1)
     fresh = build_model("agileir-s", **TINY).eval()

@@ -187,9 +187,22 @@ class _LeanWindowAttention(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
         q, k, v, bias, mask, lse, out = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # create_graph=True (a gradient penalty): differentiable gradients through the eager
+            # reference, recomputed from the saved inputs (this backward only, not the whole net)
+            inputs = (q, k, v, bias)
+            with torch.enable_grad():
+                ref = eager_window_attention(q, k, v, bias, mask)
+            wanted = [t for t in inputs if t is not None and t.requires_grad]
+            grads = iter(torch.autograd.grad(ref, wanted, grad_out, allow_unused=True, create_graph=True))
+            dq, dk, dv, dbias = (next(grads) if t is not None and t.requires_grad else None for t in inputs)
+            return dq, dk, dv, dbias, None, None, None
+        return _LeanWindowAttention._backward(ctx, grad_out, q, k, v, bias, mask, lse, out)
+
+    @staticmethod
+    def _backward(ctx, grad_out, q, k, v, bias, mask, lse, out):
         need_q, need_k, need_v, need_bias = ctx.needs_input_grad[:4]
         b_, h, n, _ = q.shape
         cdt = lse.dtype
@@ -239,7 +252,7 @@ def lean_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     backward (one extra N x N x dv product) and not kept. ``chunk_size`` rows of B_ are processed
     at a time (default: about :data:`DEFAULT_CHUNK_BYTES` per score block, on CUDA
     :data:`DEFAULT_CHUNK_BYTES_CUDA`). Gradients flow to q, k, v and bias (summed over B_); the
-    mask gets none. Not twice differentiable.
+    mask gets none. Twice differentiable through the eager reference (create_graph=True).
 
     Probabilities below ``exp(-60)`` of a row's total (``exp(-600)`` in float64) are floored at
     that value instead of underflowing into subnormal numbers: subnormal arithmetic is 50-100x

@@ -63,15 +63,21 @@ class _RecomputedBranch(torch.autograd.Function):
             raise RuntimeError("the lean attention path recomputes with the module's own parameters, which were "
                                "swapped since the forward pass (torch.func.functional_call?); "
                                "use attention_impl='eager' for that")
+        # create_graph=True (a gradient penalty) runs backward with grad mode on: the recompute is
+        # then built on the saved input itself, so the returned gradients stay differentiable
+        # with respect to it (double backward); otherwise on a detached copy.
+        double = torch.is_grad_enabled()
         devices = [x.device] if x.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices, enabled=ctx.rng is not None):
             if ctx.rng is not None:
                 _set_rng_state(x.device, ctx.rng)
             with torch.enable_grad(), _autocast_like(ctx.autocast):
-                x_leaf = x.detach().requires_grad_(x.requires_grad)
-                out = ctx.fn(x_leaf)
-        wanted = ([x_leaf] if x.requires_grad else []) + [p for p in params if p.requires_grad]
-        grads = iter(torch.autograd.grad(out, wanted, grad_out, allow_unused=True))
+                x_in = x if double else x.detach().requires_grad_(x.requires_grad)
+                # a non-leaf view: hooks that tools put on module inputs (FlopCounterMode's
+                # module tracker) cannot take a leaf inside a nested autograd.grad
+                out = ctx.fn(x_in.view_as(x_in))
+        wanted = ([x_in] if x.requires_grad else []) + [p for p in params if p.requires_grad]
+        grads = iter(torch.autograd.grad(out, wanted, grad_out, allow_unused=True, create_graph=double))
         grad_x = next(grads) if x.requires_grad else None
         grad_params = [next(grads) if p.requires_grad else None for p in params]
         return (None, None, None, grad_x, *grad_params)
@@ -102,10 +108,24 @@ class _LeanMlp(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable recompute (double backward)
+            return _LeanMlp._differentiable_backward(ctx, grad_out)
         with _autocast_like(ctx.autocast):
             grads = _LeanMlp._backward(ctx, grad_out)
         return tuple(g if g is None or g.dtype == t.dtype else g.to(t.dtype)
                      for g, t in zip(grads, ctx.saved_tensors[:1] + ctx.saved_tensors[2:])) + (None,)
+
+    @staticmethod
+    def _differentiable_backward(ctx, grad_out):
+        """Gradients built with autograd from the saved inputs, so they can be differentiated again."""
+        x, _, ln_w, ln_b, w1, b1, w2, b2 = ctx.saved_tensors
+        inputs = (x, ln_w, ln_b, w1, b1, w2, b2)
+        with _autocast_like(ctx.autocast):
+            u = F.layer_norm(x, (x.shape[-1],), ln_w, ln_b, ctx.eps)
+            out = F.linear(F.gelu(F.linear(u, w1, b1)), w2, b2)
+        wanted = [t for t in inputs if t.requires_grad]
+        grads = iter(torch.autograd.grad(out, wanted, grad_out, allow_unused=True, create_graph=True))
+        return tuple(next(grads) if t.requires_grad else None for t in inputs) + (None,)
 
     @staticmethod
     def _backward(ctx, grad_out):

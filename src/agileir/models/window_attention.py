@@ -62,25 +62,22 @@ class RelativePositionBias(nn.Module):
                              persistent=persistent_index)
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
-        self._bias_cache: tuple[tuple, torch.Tensor] | None = None
-
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         if "relative_position_index" in self._non_persistent_buffers_set:
             state_dict.pop(prefix + "relative_position_index", None)  # derived; older files carry it
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def relative_position_bias(self) -> torch.Tensor:
-        """(heads, N, N) bias. Without autograd it is gathered once and reused until the table
-        changes (in-place updates bump its version; moving the module changes its storage)."""
+        """(heads, N, N) bias gathered from the table on every call.
+
+        Not cached: edits through ``.data`` (as EMA code and user scripts do) change the table
+        without bumping its version counter, so no cache key can see them. The gather is
+        heads * N * N elements per block, measured below timing noise (docs/performance.md).
+        """
         n = self.window_size * self.window_size
         table = self.relative_position_bias_table
-        if torch.is_grad_enabled():
-            return table[self.relative_position_index.view(-1)].view(n, n, -1).permute(2, 0, 1)
-        key = (table._version, table.data_ptr(), table.dtype, table.device)
-        if self._bias_cache is None or self._bias_cache[0] != key:
-            bias = table.detach()[self.relative_position_index.view(-1)].view(n, n, -1).permute(2, 0, 1)
-            self._bias_cache = (key, bias.contiguous())
-        return self._bias_cache[1]
+        bias = table[self.relative_position_index.view(-1)].view(n, n, -1).permute(2, 0, 1)
+        return bias if torch.is_grad_enabled() else bias.contiguous()
 
 
 class WindowAttention(RelativePositionBias):
