@@ -6,24 +6,26 @@ body; ``build_model`` makes a preset, ``load_model`` reads official SwinIR or ag
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from agileir.models.config import NetworkConfig
+from agileir.models.loading import load_model, save_model
+from agileir.models.network import RestorationTransformer
+from agileir.models.presets import build_model
+from agileir.models.registry import resolve_model
+from agileir.version import __version__
 
-from agileir.models import NetworkConfig, RestorationTransformer, build_model, load_model, save_model
+#: loaded on first use (they pull in image and metric code a model does not need)
+_LAZY = {"imresize": "agileir.data.resize", "Restorer": "agileir.inference.restorer",
+         "metrics": "agileir.metrics", "evaluation": "agileir.evaluation"}
 
 __all__ = ["__version__", "NetworkConfig", "RestorationTransformer", "build_model", "load_model",
-           "save_model", "imresize", "Restorer"]
+           "save_model", "resolve_model", "imresize", "Restorer", "metrics", "evaluation"]
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy: the resize lives with the data code and is not needed to build a model.
-    if name == "imresize":
-        from agileir.data.resize import imresize
-
-        return imresize
-    if name == "Restorer":
-        from agileir.inference.restorer import Restorer
-
-        return Restorer
+    if name in _LAZY:
+        module = importlib.import_module(_LAZY[name])
+        return module if module.__name__.endswith(name) else getattr(module, name)
     raise AttributeError(f"module 'agileir' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Image-quality metrics with the conventions of the SR literature (SPEC section 4).
+"""Image-quality metrics with the conventions of the SR literature (docs/evaluation.md).
 
 Why a module of our own: library defaults differ (YIQ luma, padded or downsampled SSIM), which
 moves scores by more than the gaps papers report. Here:

@@ -147,7 +147,7 @@ def test_one_bad_file_is_reported_and_the_rest_finish(testdata_dir: Path, tmp_pa
         (["--model", "bicubic", "--data", "{set5}", "--scale", "2", "--lr-variant", "LR_bicubic_edsr"],
          "no LR folder LR_bicubic_edsr/X2"),
         (["--model", "bicubic", "--data", "{set5}"], "needs --scale"),
-        (["--model", "{missing}/w.pth", "--data", "{set5}", "--scale", "2"], "no such weights file"),
+        (["--model", "{missing}/w.pth", "--data", "{set5}", "--scale", "2"], "weights file not found"),
         (["--model", "no-such-preset", "--data", "{set5}", "--scale", "2"], "no-such-preset"),
         (["--model", "bicubic", "--data", "{empty}", "--scale", "2"], "no images"),
     ],
@@ -215,7 +215,7 @@ def test_model_with_tiles_ensemble_and_saved_images(tiny_weights, tmp_path: Path
 def test_model_scale_mismatch(tiny_weights, tmp_path: Path, capsys) -> None:
     data = _small_hr_folder(tmp_path / "hr")
     rc, _, err = _run(["--model", tiny_weights["sr"], "--data", data, "--scale", 3], capsys)
-    assert rc == 2 and "upscales x2" in err
+    assert rc == 2 and "x2 model but scale 3" in err
 
 
 def test_denoise_task(tiny_weights, tmp_path: Path, capsys) -> None:
@@ -241,10 +241,22 @@ def test_jpeg_task_reports_psnrb(tiny_weights, tmp_path: Path, capsys) -> None:
     assert {r["method"] for r in rows} == {"JPEG input", "tiny_jpeg"}
 
 
-def test_preset_name_builds_random_model(tmp_path: Path, capsys) -> None:
-    pytest.importorskip("agileir")
+def test_preset_without_weights_needs_the_random_weights_flag(tmp_path: Path, capsys, monkeypatch) -> None:
+    """Refused before any model runs (as upscale refuses the same name), unless asked for."""
+    from agileir.models.network import RestorationTransformer
+
     data = tmp_path / "hr"
     data.mkdir()
     write_image(data / "a.png", np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
-    rc, out, err = _run(["--model", "swinir-s", "--data", data, "--scale", 2], capsys)
+    real_forward = RestorationTransformer.forward
+
+    def forbidden(self, x):
+        raise AssertionError("the model ran before the error")
+
+    monkeypatch.setattr(RestorationTransformer, "forward", forbidden)
+    for args in (["--model", "swinir-s", "--scale", 2], ["--model", "agileir-s", "--scale", 3]):
+        rc, out, err = _run([*args, "--data", data], capsys)
+        assert rc == 2 and "no shipped weights" in err and "--random-weights" in err
+    monkeypatch.setattr(RestorationTransformer, "forward", real_forward)
+    rc, out, err = _run(["--model", "swinir-s", "--data", data, "--scale", 2, "--random-weights"], capsys)
     assert rc == 0 and "random weights" in err and "swinir-s" in out

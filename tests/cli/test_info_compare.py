@@ -30,7 +30,7 @@ def test_info_scale_mismatch_for_weights_is_an_error(tmp_path, capsys):
 def test_unknown_model_is_one_line(capsys):
     assert main(["info", "nope"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "neither a model name" in err
+    assert len(err.splitlines()) == 1 and "unknown model" in err
 
 
 def test_compare_runs(capsys):

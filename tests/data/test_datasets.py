@@ -162,12 +162,12 @@ def test_paired_folders(tmp_path: Path) -> None:
 
 def test_denoise_and_jpeg_patches(tmp_path: Path) -> None:
     files = _write_images(tmp_path, [(40, 40)])
-    noisy = RestorationPatches(files, scale=1, patch_size=16, degradation="noise", noise_sigma=[5, 50])
+    noisy = RestorationPatches(files, scale=1, patch_size=16, task="denoise", noise_sigma=[5, 50])
     item = noisy[SampleKey(0, 3)]
     assert item["lr"].shape == item["hr"].shape == (3, 16, 16)
     assert 0.005 < float((item["lr"] - item["hr"]).std()) < 0.25
-    jpeg = RestorationPatches(files, scale=1, patch_size=16, degradation="jpeg", jpeg_quality=10, in_chans=1)
+    jpeg = RestorationPatches(files, scale=1, patch_size=16, task="jpeg", jpeg_quality=10, in_chans=1)
     item = jpeg[SampleKey(0, 3)]
     assert item["lr"].shape == (1, 16, 16) and not torch.equal(item["lr"], item["hr"])
     with pytest.raises(AgileIRError, match="scale 1"):
-        RestorationPatches(files, scale=2, patch_size=8, degradation="noise")
+        RestorationPatches(files, scale=2, patch_size=8, task="denoise")

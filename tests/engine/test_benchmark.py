@@ -9,9 +9,9 @@ from agileir.engine.benchmark import Row, Variant, activation_bytes, format_tabl
 
 
 def test_variant_parsing():
-    v = Variant.parse("swinir-s:lean", scale=4, checkpoint=True)
+    v = Variant.parse("swinir-s:recompute", scale=4, checkpoint=True)
     assert v.preset == "swinir-s"
-    assert v.overrides == {"scale": 4, "use_checkpoint": True, "attention_impl": "lean"}
+    assert v.overrides == {"scale": 4, "grad_checkpoint": True, "attention_impl": "recompute"}
 
 
 def test_activation_census_scales_with_batch_and_favours_lean_gswa():

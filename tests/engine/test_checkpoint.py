@@ -20,7 +20,8 @@ from PIL import Image
 
 import agileir
 from agileir.engine import checkpoint as ckpt
-from agileir.engine.train import load_config, train
+from agileir.engine.config import load_config
+from agileir.engine.train import train
 from agileir.errors import AgileIRError
 
 
@@ -75,7 +76,8 @@ CHILD = textwrap.dedent("""
     import os, signal, sys
     import torch
     import agileir.engine.checkpoint as c
-    from agileir.engine.train import load_config, train
+    from agileir.engine.config import load_config
+    from agileir.engine.train import train
 
     stage, config_path = sys.argv[1], sys.argv[2]
     calls = {"n": 0}

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from agileir.engine import memory as M
-from agileir.models import kernels as K
+from agileir.models.attention import kernels as K
 
 F32 = 4
 
@@ -127,9 +127,9 @@ def test_lean_window_attention_saved_bytes_follow_the_formula() -> None:
     v = torch.randn(b_, h, n, dv, requires_grad=True)
     bias = torch.randn(h, n, n, requires_grad=True)
     mask = torch.zeros(nw, n, n)
-    _, lean = M.saved_activation_bytes(K.lean_window_attention, q, k, v, bias, mask)
+    _, lean = M.saved_activation_bytes(K.chunked_window_attention, q, k, v, bias, mask)
     assert lean.total_bytes == lean_formula(b_, h, n, dk, dv, nw, F32)
-    _, lean_no_out = M.saved_activation_bytes(K.lean_window_attention, q, k, v, bias, mask,
+    _, lean_no_out = M.saved_activation_bytes(K.chunked_window_attention, q, k, v, bias, mask,
                                               save_out=False)
     assert lean_no_out.total_bytes == lean_formula(b_, h, n, dk, dv, nw, F32, save_out=False)
     # eager: q, k, v and the (B_, h, N, N) probabilities (bias and mask adds keep nothing)
@@ -139,7 +139,7 @@ def test_lean_window_attention_saved_bytes_follow_the_formula() -> None:
 
     # bf16: 2-byte q, k, v, out, bias, mask; float32 log-sum-exp
     qb, kb, vb, bb = (t.detach().bfloat16().requires_grad_() for t in (q, k, v, bias))
-    _, rep = M.saved_activation_bytes(K.lean_window_attention, qb, kb, vb, bb, mask.bfloat16())
+    _, rep = M.saved_activation_bytes(K.chunked_window_attention, qb, kb, vb, bb, mask.bfloat16())
     assert rep.total_bytes == lean_formula(b_, h, n, dk, dv, nw, 2)
 
 
@@ -150,7 +150,7 @@ def test_lean_far_below_eager_at_swinir_shapes() -> None:
     table = nn.Parameter(torch.randn(h, n, n))
     bias = table * 1.0  # a non-parameter (h, N, N) tensor, as the gathered table would be
     _, eager = M.saved_activation_bytes(K.eager_window_attention, q, k, v, bias, None)
-    _, lean = M.saved_activation_bytes(K.lean_window_attention, q, k, v, bias, None)
+    _, lean = M.saved_activation_bytes(K.chunked_window_attention, q, k, v, bias, None)
     probs = F32 * b_ * h * n * n
     assert eager.total_bytes >= probs
     assert lean.total_bytes == lean_formula(b_, h, n, d, d, 0, F32)
@@ -178,31 +178,3 @@ def test_census_context_manager_and_no_grad() -> None:
     assert census.report().total_bytes == 4 * 4 * F32  # sin keeps its input
     del y
     assert census.report().total_bytes == 0  # graph gone, nothing held
-
-
-def test_peak_memory_helpers() -> None:
-    before = M.peak_rss_bytes()
-    assert before > 10 * 2**20  # a Python process with torch loaded
-    assert M.current_rss_bytes() > 0
-    blob = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
-    assert M.peak_rss_bytes() >= before
-    del blob
-    if not torch.cuda.is_available():
-        M.reset_cuda_peak()
-        assert M.cuda_peak_bytes() == 0
-
-
-def test_peak_rss_of_a_child_is_not_inherited_from_its_parent():
-    """A worker started by a big process must report its own peak, not the parent's."""
-    import subprocess
-    import sys
-
-    from agileir.engine.memory import peak_rss_bytes
-
-    ballast = bytearray(600 * 1024 * 1024)  # make this process large
-    ballast[::4096] = b"x" * len(ballast[::4096])
-    code = "from agileir.engine.memory import peak_rss_bytes; print(peak_rss_bytes())"
-    child = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
-    assert peak_rss_bytes() > 600 * 1024 * 1024
-    assert child < 400 * 1024 * 1024
-    del ballast

@@ -18,16 +18,9 @@ from agileir.cli import main as cli_main
 from agileir.engine.ema import ModelEMA
 from agileir.engine.losses import CharbonnierLoss, build_loss
 from agileir.engine.schedule import LRSchedule
-from agileir.engine.train import (
-    DEFAULTS,
-    NonFiniteLossError,
-    Trainer,
-    assets_dir,
-    init_from_weights,
-    load_config,
-    resolve_path,
-    train,
-)
+from agileir.engine.builders import init_from_weights
+from agileir.engine.config import DEFAULTS, assets_dir, load_config, resolve_path
+from agileir.engine.train import NonFiniteLossError, Trainer, train
 from agileir.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,7 +75,7 @@ def test_config_file_overrides_and_errors(tmp_path: Path) -> None:
 
 
 def test_every_shipped_config_loads_and_builds() -> None:
-    from agileir.engine.train import model_overrides, task_of
+    from agileir.engine.builders import model_overrides, task_of
     from agileir.models import preset_config
 
     names = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
@@ -180,8 +173,8 @@ def test_bf16_and_gradient_checkpointing(tmp_path: Path) -> None:
     ckpt = train(_tiny(tmp_path, "ckpt", "model.drop_path_rate=0.1", "train.grad_checkpoint=true"))
     # checkpointing recomputes the same forward (drop_path RNG preserved): same losses
     np.testing.assert_allclose(ckpt.losses, plain.losses, rtol=1e-5)
-    assert agileir.load_model(ckpt.weights).config.use_checkpoint  # the option travels with the config
-    bf16 = train(_tiny(tmp_path, "bf16", "train.bf16=true"))
+    assert agileir.load_model(ckpt.weights).config.grad_checkpoint  # the option travels with the config
+    bf16 = train(_tiny(tmp_path, "bf16", "train.precision=bf16"))
     assert len(bf16.losses) == 4 and all(math.isfinite(v) for v in bf16.losses)
 
 

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from agileir.engine import checkpoint as ckpt
-from agileir.engine.train import load_config, train
+from agileir.engine.config import load_config
+from agileir.engine.train import train
 
 
 def _images(folder: Path) -> Path:
@@ -105,3 +106,37 @@ def test_starting_over_an_existing_run_needs_resume_or_overwrite(tmp_path: Path)
     with pytest.raises(ConfigError, match="model differs"):
         train(_config(tmp_path, "again", "train.iterations=3", "data.num_workers=0", "model.key_dim=2"),
               resume="auto")
+
+
+def test_resume_applies_changed_optimizer_settings_and_records_them(tmp_path: Path, capsys) -> None:
+    """A changed learning rate (and betas, eps, weight decay) is in force after resume, and the
+    run's config.yaml says so; before, the checkpoint's initial_lr silently won."""
+    import yaml
+
+    train(_config(tmp_path, "lr", "train.iterations=4", "data.num_workers=0"), stop_at=2)
+    changed = ("train.optimizer.lr=1e-2", "train.optimizer.betas=[0.8, 0.95]", "train.optimizer.eps=1e-6",
+               "train.optimizer.weight_decay=0.01")
+    from agileir.engine.train import Trainer
+
+    trainer = Trainer(_config(tmp_path, "lr", "train.iterations=4", "data.num_workers=0", *changed), resume="auto")
+    group = trainer.optimizer.param_groups[0]
+    assert group["initial_lr"] == 1e-2 and group["betas"] == (0.8, 0.95)
+    assert group["eps"] == 1e-6 and group["weight_decay"] == 0.01
+    trainer.run()
+    assert trainer.optimizer.param_groups[0]["initial_lr"] == 1e-2
+    written = yaml.safe_load((tmp_path / "runs" / "lr" / "config.yaml").read_text())
+    assert written["train"]["optimizer"]["lr"] == 1e-2
+    assert "train.optimizer.lr 0.002 -> 0.01 (applied)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change,why", [
+    ("seed=8", "data stream"), ("data.train.patch_size=4", "training data"), ("train.loss.name=charbonnier",
+                                                                               "objective"),
+    ("data.batch_size=2", "data stream"), ("train.optimizer.name=adamw", "another optimizer"),
+])
+def test_resume_refuses_changes_that_alter_the_run(tmp_path: Path, change: str, why: str) -> None:
+    from agileir.errors import ConfigError
+
+    train(_config(tmp_path, "r", "train.iterations=4", "data.num_workers=0"), stop_at=1)
+    with pytest.raises(ConfigError, match=f"{why}.*model.init_from"):
+        train(_config(tmp_path, "r", "train.iterations=4", "data.num_workers=0", change), resume="auto")

@@ -112,12 +112,12 @@ def test_onnx_static_has_fixed_input(tmp_path):
 
 def test_export_leaves_the_model_alone(tmp_path):
     pytest.importorskip("onnx")
-    model = _tiny("swinir", attention_impl="fast")
+    model = _tiny("swinir", attention_impl="sdpa")
     x = _rand(1, 3, 20, 28)
     with torch.no_grad():
         before = model(x)
     ex.export_onnx(model, tmp_path / "m.onnx", sample_size=(16, 24))
-    assert model.config.attention_impl == "fast" and not model.training
+    assert model.config.attention_impl == "sdpa" and not model.training
     with torch.no_grad():
         assert torch.equal(model(x), before)
 

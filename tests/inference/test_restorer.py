@@ -99,9 +99,6 @@ def test_pil_and_tensor_inputs_come_back_as_the_same_kind():
     assert torch.is_tensor(out) and out.shape == (3, 16, 24) and out.dtype == torch.float64
     batch = r.restore(torch.rand(2, 3, 8, 8))
     assert batch.shape == (2, 3, 16, 16)
-    # the model's own convenience method is the same pipeline
-    np.testing.assert_array_equal(model.restore(np.full((8, 8, 3), 7, np.uint8)),
-                                  r.restore(np.full((8, 8, 3), 7, np.uint8)))
 
 
 def test_self_ensemble_is_the_mean_of_the_eight_transformed_passes():
@@ -124,7 +121,7 @@ def test_bf16_stays_close_to_fp32():
 
 def test_bad_options_and_inputs_are_refused():
     model = _tiny()
-    with pytest.raises(ConfigError, match="fp16 is refused"):
+    with pytest.raises(ConfigError, match="float16 overflows"):
         Restorer(model, precision="fp16")
     with pytest.raises(ConfigError, match="multiple of the model's window"):
         Restorer(model, tile=10)
@@ -137,8 +134,6 @@ def test_bad_options_and_inputs_are_refused():
         r.restore(np.zeros((4, 4, 2), np.uint8))
     with pytest.raises(ImageError):
         r.restore("photo.png")
-    model.fp16_safe = True  # a model may declare itself safe
-    assert Restorer(model, device="cpu", precision="fp16").precision == "fp16"
 
 
 def test_auto_tile_fits_the_budget_and_is_a_window_multiple(monkeypatch):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agileir.models import kernels as K
+from agileir.models.attention import kernels as K
 
 
 def shift_mask(h: int, w: int, window: int, shift: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,9 +48,9 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_lean_and_fast_equal_eager_float64(with_mask: bool) -> None:
     q, k, v, bias, mask = make_inputs(with_mask=with_mask)
     ref = K.eager_window_attention(q, k, v, bias, mask)
-    for out in (K.lean_window_attention(q, k, v, bias, mask),
-                K.lean_window_attention(q, k, v, bias, mask, save_out=False),
-                K.fast_window_attention(q, k, v, bias, mask)):
+    for out in (K.chunked_window_attention(q, k, v, bias, mask),
+                K.chunked_window_attention(q, k, v, bias, mask, save_out=False),
+                K.sdpa_window_attention(q, k, v, bias, mask)):
         assert out.shape == ref.shape == (8, 3, 16, 7)
         assert (out - ref).abs().max().item() < 1e-10
 
@@ -59,7 +59,7 @@ def test_fast_matches_eager_float32() -> None:
     q, k, v, bias, mask = make_inputs(b=2, nw=4, h=3, n=64, dk=10, dv=10, dtype=torch.float32)
     with torch.no_grad():
         ref = K.eager_window_attention(q, k, v, bias, mask)
-        out = K.fast_window_attention(q, k, v, bias, mask)
+        out = K.sdpa_window_attention(q, k, v, bias, mask)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
@@ -68,7 +68,7 @@ def test_lean_gradients_match_eager_float32(save_out: bool) -> None:
     q, k, v, bias, mask = make_inputs(b=2, nw=4, h=6, n=64, dk=10, dv=12, dtype=torch.float32)
     inputs = (q, k, v, bias)
     ref = grads(K.eager_window_attention(q, k, v, bias, mask), inputs)
-    got = grads(K.lean_window_attention(q, k, v, bias, mask, save_out=save_out), inputs)
+    got = grads(K.chunked_window_attention(q, k, v, bias, mask, save_out=save_out), inputs)
     for name, a, b in zip("q k v bias".split(), got, ref):
         assert a.shape == b.shape and a.dtype == b.dtype
         assert rel_err(a, b) < 1e-5, name
@@ -79,7 +79,7 @@ def test_lean_gradcheck_float64_with_mask() -> None:
     mask[0, 0, 1] = mask[1, 2, 3] = -100.0  # make sure something is masked
 
     def f(q, k, v, bias):
-        return K.lean_window_attention(q, k, v, bias, mask, chunk_size=3)
+        return K.chunked_window_attention(q, k, v, bias, mask, chunk_size=3)
 
     assert torch.autograd.gradcheck(f, (q, k, v, bias), eps=1e-6, atol=1e-8)
 
@@ -89,7 +89,7 @@ def test_lean_partial_requires_grad() -> None:
     q.requires_grad_(False)
     v.requires_grad_(False)
     ref = grads(K.eager_window_attention(q, k, v, bias, mask), (k, bias))
-    got = grads(K.lean_window_attention(q, k, v, bias, mask), (k, bias))
+    got = grads(K.chunked_window_attention(q, k, v, bias, mask), (k, bias))
     for a, b in zip(got, ref):
         assert (a - b).abs().max().item() < 1e-10
 
@@ -98,9 +98,9 @@ def test_lean_partial_requires_grad() -> None:
 def test_chunking_gives_identical_results(chunk: int) -> None:
     q, k, v, bias, mask = make_inputs(b=6, nw=4)  # B_ = 24
     inputs = (q, k, v, bias)
-    ref_out = K.lean_window_attention(q, k, v, bias, mask, chunk_size=24)
+    ref_out = K.chunked_window_attention(q, k, v, bias, mask, chunk_size=24)
     ref = grads(ref_out, inputs)
-    out = K.lean_window_attention(q, k, v, bias, mask, chunk_size=chunk)
+    out = K.chunked_window_attention(q, k, v, bias, mask, chunk_size=chunk)
     got = grads(out, inputs)
     torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-13)
     for a, b in zip(got, ref):
@@ -133,7 +133,7 @@ def test_full_score_tensor_never_materialised() -> None:
             return out
 
     with Record():
-        out = K.lean_window_attention(q, k, v, bias, mask, chunk_size=3)
+        out = K.chunked_window_attention(q, k, v, bias, mask, chunk_size=3)
         out.backward(torch.ones_like(out))
     assert sizes and max(sizes) <= 3 * 2 * 16 * 16 < full
     sizes.clear()
@@ -147,7 +147,7 @@ def test_bf16_close_to_fp32() -> None:
     ref = K.eager_window_attention(q, k, v, bias, mask)
     ref_g = grads(ref, (q, k, v, bias))
     qb, kb, vb, bb = (t.detach().bfloat16().requires_grad_() for t in (q, k, v, bias))
-    out = K.lean_window_attention(qb, kb, vb, bb, mask)
+    out = K.chunked_window_attention(qb, kb, vb, bb, mask)
     assert out.dtype == torch.bfloat16
     assert (out.float() - ref).abs().max().item() < 3e-2
     assert rel_err(out, ref) < 1e-2
@@ -156,11 +156,11 @@ def test_bf16_close_to_fp32() -> None:
         assert a.dtype == torch.bfloat16
         assert rel_err(a, b) < 3e-2
     with torch.no_grad():
-        fast = K.fast_window_attention(qb, kb, vb, bb, mask.bfloat16())
+        fast = K.sdpa_window_attention(qb, kb, vb, bb, mask.bfloat16())
     assert rel_err(fast, ref) < 1e-2
 
 
-@pytest.mark.parametrize("impl", ["eager", "lean", "fast"])
+@pytest.mark.parametrize("impl", ["eager", "chunked", "sdpa"])
 def test_mask_blocks_cross_region_attention_with_batch(impl: str) -> None:
     mask, labels = shift_mask(8, 8, window=4, shift=2)  # nW = 4, N = 16
     nw, n = labels.shape
@@ -171,7 +171,7 @@ def test_mask_blocks_cross_region_attention_with_batch(impl: str) -> None:
     bias = torch.randn(h, n, n, generator=g)
     v = torch.eye(n).expand(b * nw, h, n, n)  # the output is the attention matrix itself
     with torch.no_grad():
-        p = K.window_attention(q, k, v, bias, mask, impl=impl)
+        p = K.run_kernel(impl, q, k, v, bias, mask)
     torch.testing.assert_close(p.sum(-1), torch.ones(b * nw, h, n), rtol=0, atol=1e-5)
     cross = (labels.unsqueeze(2) != labels.unsqueeze(1))  # (nW, N, N)
     assert cross[0].sum() == 0 and cross[1:].any()  # window 0 is one region, the others not
@@ -185,46 +185,34 @@ def test_mask_blocks_cross_region_attention_with_batch(impl: str) -> None:
         torch.testing.assert_close(p[row:row + 1], alone, rtol=1e-5, atol=1e-6)
 
 
-def test_dispatcher_picks_fast_without_grad_and_lean_when_training(monkeypatch) -> None:
+def test_run_kernel_calls_the_named_kernel_and_refuses_others() -> None:
     q, k, v, bias, mask = make_inputs()
-    calls: list[str] = []
-    for name in ("fast", "lean", "eager"):
-        real = getattr(K, f"{name}_window_attention")
-
-        def spy(*a, _real=real, _name=name, **kw):
-            calls.append(_name)
-            return _real(*a, **kw)
-
-        monkeypatch.setattr(K, f"{name}_window_attention", spy)
-    with torch.no_grad():
-        K.window_attention(q, k, v, bias, mask)
-    K.window_attention(q.detach(), k.detach(), v.detach(), bias.detach(), mask)
-    out = K.window_attention(q, k, v, bias, mask)
-    assert "Lean" in type(out.grad_fn).__name__
-    K.window_attention(q, k, v, bias, mask, impl="eager")
-    assert calls == ["fast", "fast", "lean", "eager"]
+    ref = K.eager_window_attention(q, k, v, bias, mask)
+    for kernel in ("eager", "chunked", "sdpa"):
+        torch.testing.assert_close(K.run_kernel(kernel, q, k, v, bias, mask), ref, rtol=1e-5, atol=1e-6)
+    assert "Chunked" in type(K.run_kernel("chunked", q, k, v, bias, mask).grad_fn).__name__
     with pytest.raises(ValueError):
-        K.window_attention(q, k, v, bias, mask, impl="flash")
+        K.run_kernel("flash", q, k, v, bias, mask)
 
 
 def test_shape_errors() -> None:
     q, k, v, bias, mask = make_inputs(b=2, nw=4)
     with pytest.raises(ValueError, match="multiple"):
-        K.lean_window_attention(q[:6], k[:6], v[:6], bias, mask)
+        K.chunked_window_attention(q[:6], k[:6], v[:6], bias, mask)
     with pytest.raises(ValueError, match="bias"):
-        K.fast_window_attention(q, k, v, bias[:1], mask)
+        K.sdpa_window_attention(q, k, v, bias[:1], mask)
     with pytest.raises(ValueError, match="chunk_size"):
-        K.lean_window_attention(q, k, v, bias, mask, chunk_size=0)
+        K.chunked_window_attention(q, k, v, bias, mask, chunk_size=0)
 
 
 def test_lean_without_bias_or_mask() -> None:
     q, k, v, _, _ = make_inputs()
     ref = K.eager_window_attention(q, k, v, None, None)
-    out = K.lean_window_attention(q, k, v, None, None)
+    out = K.chunked_window_attention(q, k, v, None, None)
     assert (out - ref).abs().max().item() < 1e-10
     for a, b in zip(grads(out, (q, k, v)), grads(ref, (q, k, v))):
         assert (a - b).abs().max().item() < 1e-10
-    assert (K.fast_window_attention(q, k, v, None, None) - ref).abs().max().item() < 1e-10
+    assert (K.sdpa_window_attention(q, k, v, None, None) - ref).abs().max().item() < 1e-10
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -235,7 +223,7 @@ def test_cuda_kernels_match_eager() -> None:
     ref = K.eager_window_attention(*dev, mask_c)
     g = torch.randn_like(ref)
     ref_g = torch.autograd.grad(ref, dev, g)
-    out = K.lean_window_attention(*dev, mask_c)
+    out = K.chunked_window_attention(*dev, mask_c)
     got = torch.autograd.grad(out, dev, g)
     assert rel_err(out, ref) < 1e-5
     for a, b in zip(got, ref_g):
@@ -243,6 +231,6 @@ def test_cuda_kernels_match_eager() -> None:
     with torch.no_grad():
         for dtype in (torch.float32, torch.bfloat16):
             args = [t.detach().to(dtype) for t in dev]
-            fast = K.fast_window_attention(*args, mask_c)
+            fast = K.sdpa_window_attention(*args, mask_c)
             assert fast.shape == ref.shape
             assert rel_err(fast, ref) < (1e-4 if dtype == torch.float32 else 2e-2)

@@ -21,7 +21,7 @@ def grads(model, x):
 def test_lean_gradients_equal_eager(preset):
     torch.manual_seed(0)
     eager = build_model(preset, **TINY, attention_impl="eager").train()
-    lean = build_model(preset, **TINY, attention_impl="lean").train()
+    lean = build_model(preset, **TINY, attention_impl="recompute").train()
     lean.load_state_dict(eager.state_dict())
     x = torch.rand(2, 3, 11, 9)
     ge, gl = grads(eager, x), grads(lean, x)
@@ -36,10 +36,10 @@ def test_lean_is_the_default_for_gswa_training_only():
     gswa = build_model("agileir-s", **TINY).train()
     swin = build_model("swinir-s", **TINY).train()
     block = gswa.layers[0].residual_group.blocks[0]
-    assert block.uses_lean_path()
-    assert not swin.layers[0].residual_group.blocks[0].uses_lean_path()
+    assert block.uses_recompute()
+    assert not swin.layers[0].residual_group.blocks[0].uses_recompute()
     gswa.eval()
-    assert not block.uses_lean_path()
+    assert not block.uses_recompute()
 
 
 @pytest.mark.parametrize("shift", [0, 4])
@@ -47,7 +47,7 @@ def test_lean_is_the_default_for_gswa_training_only():
 def test_lean_block_keeps_four_c_floats_per_token(preset, heads, shift):
     """Lean block: block input (C) + MLP input (C) + fc1 output (2C) = 4C floats per token."""
     c, b, size = 60, 2, 16
-    block = TransformerBlock(preset_config(preset, attention_impl="lean"), heads, shift, 0.0).train()
+    block = TransformerBlock(preset_config(preset, attention_impl="recompute"), heads, shift, 0.0).train()
     x = torch.randn(b, size, size, c, requires_grad=True)
     _, report = saved_activation_bytes(block, x, shift_mask(size, size, 8, 4), exclude=block)
     tokens = b * size * size
@@ -79,7 +79,7 @@ def test_lean_under_bf16_autocast_matches_eager(preset):
     """The recompute re-enters the forward's autocast, so bf16 training gets the same gradients."""
     torch.manual_seed(0)
     eager = build_model(preset, **TINY, attention_impl="eager").train()
-    lean = build_model(preset, **TINY, attention_impl="lean").train()
+    lean = build_model(preset, **TINY, attention_impl="recompute").train()
     lean.load_state_dict(eager.state_dict())
     x = torch.rand(2, 3, 8, 8)
 

@@ -122,7 +122,7 @@ def test_unknown_preset():
 def test_checkpointing_gives_same_gradients_with_stochastic_depth(preset):
     """Checkpointed blocks replay the same drop-path draws, so gradients equal the plain run's."""
     a = build_model(preset, **TINY, drop_path_rate=0.5).train()
-    b = build_model(preset, **TINY, drop_path_rate=0.5, use_checkpoint=True).train()
+    b = build_model(preset, **TINY, drop_path_rate=0.5, grad_checkpoint=True).train()
     b.load_state_dict(a.state_dict())
     x = torch.rand(2, 3, 8, 8)
     for model in (a, b):
@@ -137,7 +137,7 @@ def test_checkpointing_keeps_only_block_inputs():
 
     tiny = dict(TINY, drop_path_rate=0.0)
     plain = build_model("swinir-s", **tiny).train()
-    ckpt = build_model("swinir-s", **tiny, use_checkpoint=True).train()
+    ckpt = build_model("swinir-s", **tiny, grad_checkpoint=True).train()
     x = torch.rand(1, 3, 8, 8)
     _, r_plain = saved_activation_bytes(plain, x, exclude=plain)
     _, r_ckpt = saved_activation_bytes(ckpt, x, exclude=ckpt)

@@ -71,7 +71,7 @@ def test_matches_reference_other_sizes(hw):
     assert np.abs(got - want).max() <= TOL
 
 
-@pytest.mark.parametrize("impl", ["auto", "eager", "lean", "fast"])
+@pytest.mark.parametrize("impl", ["auto", "recompute", "eager", "chunked", "sdpa"])
 def test_attention_implementations_match_reference(impl):
     name, overrides = CASES["nearest+conv-x4-3conv"]
     model = _model(name, dict(overrides, num_feat=8), attention_impl=impl)

@@ -12,7 +12,7 @@ import agileir
 from agileir.cli import main
 from agileir.errors import ModelLoadError
 from agileir.models import zoo
-from agileir.models.loading import resolve_model
+from agileir.models.registry import resolve_model
 
 REPO = Path(__file__).resolve().parents[2]
 EXPECTED = ("agileir-s_x2", "agileir-s_x4")
@@ -36,10 +36,13 @@ def test_shipped_weights_are_their_preset_at_their_scale(name):
 
 
 def test_names_resolve_and_missing_ones_say_what_exists():
-    assert resolve_model("agileir-s", 4, pretrained=True).config.scale == 4
+    assert resolve_model("agileir-s", 4).config.scale == 4
     assert resolve_model("agileir-s_x2").config.scale == 2
-    with pytest.raises(ModelLoadError, match="no shipped weights named 'swinir-m_x2'.*agileir-s_x2"):
-        resolve_model("swinir-m", 2, pretrained=True)
+    with pytest.raises(ModelLoadError, match="no shipped weights for swinir-m x2.*agileir-s_x2.*--random-weights"):
+        resolve_model("swinir-m", 2)
+    assert resolve_model("swinir-m", 2, random_weights=True).weights_source == "random"
+    with pytest.raises(ModelLoadError, match="weights file not found: nothing.safetensors"):
+        resolve_model("nothing.safetensors")
     with pytest.raises(ModelLoadError, match="x4 model but scale 2"):
         resolve_model("agileir-s_x4", 2)
 

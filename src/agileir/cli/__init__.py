@@ -15,7 +15,7 @@ COMMAND_MODULES = ("upscale", "compare", "info", "evaluate", "bench", "train", "
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from agileir import __version__
+    from agileir.version import __version__
 
     parser = argparse.ArgumentParser(
         prog="agileir",

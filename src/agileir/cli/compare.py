@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from agileir.models import build_model
+from agileir.models.presets import build_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:

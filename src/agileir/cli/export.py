@@ -49,12 +49,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from agileir.inference import export as ex
-    from agileir.models.loading import resolve_model
+    from agileir.models.registry import resolve_model
 
     if not args.onnx and not args.torchscript:
         raise ConfigError("nothing to export: give --onnx PATH and/or --torchscript PATH")
-    overrides = {"task": args.task} if args.task else {}
-    model = resolve_model(args.model, scale=args.scale, attention_impl="eager", **overrides)
+    model = ex.prepare_for_export(resolve_model(args.model, scale=args.scale, task=args.task))
     m = model.config.window_size
     sample = ex.check_size(args.size or ex.default_sample_size(m), m)
     # checked on another size than the traced one (and not a window multiple when the sample is)

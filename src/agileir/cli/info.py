@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from agileir.models.loading import resolve_model
+from agileir.models.registry import resolve_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,8 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from agileir.models.complexity import count_parameters, multiply_adds
 
-    overrides = {"task": args.task} if args.task else {}
-    model = resolve_model(args.model, scale=args.scale, **overrides)
+    # the architecture is what is shown: a preset without shipped weights is built untrained
+    model = resolve_model(args.model, scale=args.scale, task=args.task, random_weights=True)
     width, height = (int(v) for v in args.output_size.lower().split("x"))
     cfg = model.config
     print(f"model            {cfg.name or args.model}")

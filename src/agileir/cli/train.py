@@ -39,7 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the configuration, train, and print the final validation against the baseline."""
-    from agileir.engine.train import dump_config, load_config, task_of, train
+    from agileir.engine.builders import task_of
+    from agileir.engine.config import dump_config, load_config
+    from agileir.engine.train import train
 
     config = load_config(args.config, args.overrides)
     if args.print_config:

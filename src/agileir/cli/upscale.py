@@ -109,9 +109,10 @@ def output_paths(inputs: list[Path], output: str | None, suffix: str, fmt: str) 
 
 def _load(args: argparse.Namespace):
     from agileir.inference.restorer import Restorer
-    from agileir.models.loading import resolve_model
+    from agileir.models.registry import resolve_model
 
-    model = resolve_model(args.model, args.scale, pretrained=True)
+    # upscale: shipped SR weights by name, or a file; restore: weights of any other task
+    model = resolve_model(args.model, args.scale) if args.command_kind == "sr" else resolve_model(args.model)
     task = model.config.task
     if args.command_kind == "sr" and task != "sr":
         raise ConfigError(f"{args.model} is a {task} model, not super-resolution; use 'agileir restore'")

@@ -40,7 +40,7 @@ from agileir.data.resize import imresize
 from agileir.errors import AgileIRError, ConfigError, ImageError
 
 LR_MARGIN = 3  # LR pixels around a patch: the antialiased bicubic kernel reaches 2 of them
-DEGRADATIONS = ("bicubic", "noise", "jpeg")
+TASKS = ("sr", "denoise", "jpeg")  # the package's task vocabulary (models/config.py)
 
 
 # ----------------------------------------------------------------------------- discovery
@@ -215,7 +215,7 @@ class RestorationPatches(Dataset):
         lr_files: LR partners (paired folders), or ``None`` to degrade the HR on the fly.
         scale: SR factor (1 for denoising / JPEG).
         patch_size: LR (input) patch side; the HR patch is ``scale`` times larger.
-        degradation: ``"bicubic"`` (SR), ``"noise"`` or ``"jpeg"``.
+        task: ``"sr"`` (bicubic LR), ``"denoise"`` (Gaussian noise) or ``"jpeg"``.
         noise_sigma: sigma in 0-255 units, or a ``[low, high]`` range drawn per sample.
         jpeg_quality: quality, or a ``[low, high]`` range (integers) drawn per sample.
         in_chans: 3, or 1 for gray models (colour files reduced as the evaluation does).
@@ -225,19 +225,19 @@ class RestorationPatches(Dataset):
     """
 
     def __init__(self, hr_files: Sequence[Path], lr_files: Sequence[Path] | None = None, *, scale: int = 2,
-                 patch_size: int = 64, degradation: str = "bicubic", noise_sigma: Any = 25.0,
+                 patch_size: int = 64, task: str = "sr", noise_sigma: Any = 25.0,
                  jpeg_quality: Any = 40, in_chans: int = 3, flip: bool = True, rotate: bool = True,
                  cache: bool = True, lr_border: str = "mirror", progress: bool = False) -> None:
-        if degradation not in DEGRADATIONS:
-            raise ConfigError(f"degradation must be one of {DEGRADATIONS}, got {degradation!r}")
-        if degradation != "bicubic" and scale != 1:
-            raise ConfigError(f"degradation {degradation!r} is for scale 1 (denoising / JPEG), got scale {scale}")
+        if task not in TASKS:
+            raise ConfigError(f"task must be one of {TASKS}, got {task!r}")
+        if task != "sr" and scale != 1:
+            raise ConfigError(f"task {task!r} is for scale 1 (denoising / JPEG), got scale {scale}")
         if patch_size < 1:
             raise ConfigError(f"patch size must be >= 1, got {patch_size}")
         if lr_files is not None and len(lr_files) != len(hr_files):
             raise ConfigError("hr_files and lr_files differ in length")
         self.scale, self.patch_size = int(scale), int(patch_size)
-        self.degradation, self.in_chans = degradation, int(in_chans)
+        self.task, self.in_chans = task, int(in_chans)
         self.noise_range = _as_range(noise_sigma, "noise_sigma")
         q = _as_range(jpeg_quality, "jpeg_quality")
         self.quality_range = (int(q[0]), int(q[1]))
@@ -254,7 +254,7 @@ class RestorationPatches(Dataset):
     def _convert(self, image: np.ndarray) -> np.ndarray:
         """(H, W, C) uint8 with the model's channel count (gray models as in the evaluation)."""
         if self.in_chans == 1 and image.ndim == 3:
-            image = rgb_to_y_uint8(image) if self.degradation == "jpeg" else rgb_to_gray(image)
+            image = rgb_to_y_uint8(image) if self.task == "jpeg" else rgb_to_gray(image)
         return to_channels(image, self.in_chans)
 
     def _load(self, hr_path: Path, lr_path: Path | None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -365,9 +365,9 @@ class RestorationPatches(Dataset):
         lr_float: np.ndarray | None = None
         if lr_full is not None:
             lr_patch = lr_full[y: y + p, x: x + p]
-        elif self.degradation == "bicubic":
+        elif self.task == "sr":
             lr_patch = self._lr_patch(hr, y, x)
-        elif self.degradation == "jpeg":
+        elif self.task == "jpeg":
             q = int(rng.integers(self.quality_range[0], self.quality_range[1] + 1))
             lr_patch = jpeg_compress(np.ascontiguousarray(hr_patch), q)
             lr_patch = lr_patch.reshape(hr_patch.shape)
@@ -407,4 +407,4 @@ def collate(batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
 
 
 __all__ = ["RestorationPatches", "StepBatchSampler", "SampleKey", "list_images", "pair_images", "collate",
-           "DEGRADATIONS", "LR_MARGIN"]
+           "TASKS", "LR_MARGIN"]

@@ -1,7 +1,7 @@
 """Test-time degradations for every task: bicubic downscaling, Gaussian noise, JPEG.
 
 Why: when a benchmark folder holds only ground truth, the degraded input must be made exactly
-the way published numbers were made (SPEC section 4), or scores are not comparable.
+the way published numbers were made (docs/evaluation.md), or scores are not comparable.
 """
 
 from __future__ import annotations

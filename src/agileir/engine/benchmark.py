@@ -11,7 +11,6 @@ Per model and batch size:
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import statistics
@@ -23,14 +22,16 @@ from typing import Any
 
 import torch
 
-from agileir.models import build_model
+from agileir.models.presets import build_model
+from agileir.runtime import autocast, peak_memory_bytes, reset_cuda_peak, synchronize
 
 MiB = 2 ** 20
 
 
 @dataclass
 class Variant:
-    """One model setting to measure: a preset plus option overrides, e.g. ``swinir-s:lean``."""
+    """One model setting to measure: a preset plus option overrides, e.g. ``swinir-s:recompute``
+    (``preset:attention_impl``)."""
 
     spec: str
     preset: str
@@ -39,7 +40,7 @@ class Variant:
     @classmethod
     def parse(cls, spec: str, scale: int, checkpoint: bool) -> "Variant":
         preset, _, impl = spec.partition(":")
-        overrides: dict[str, Any] = {"scale": scale, "use_checkpoint": checkpoint}
+        overrides: dict[str, Any] = {"scale": scale, "grad_checkpoint": checkpoint}
         if impl:
             overrides["attention_impl"] = impl
         return cls(spec, preset, overrides)
@@ -58,17 +59,6 @@ class Row:
     infer_ms: float | None = None
 
 
-def _autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def make_batch(model: torch.nn.Module, batch: int, patch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     cfg = model.config
     g = torch.Generator().manual_seed(0)
@@ -79,7 +69,7 @@ def make_batch(model: torch.nn.Module, batch: int, patch: int, device: torch.dev
 
 def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, lr: torch.Tensor, hr: torch.Tensor,
                   precision: str) -> None:
-    with _autocast(lr.device, precision):
+    with autocast(lr.device, precision):
         loss = torch.nn.functional.l1_loss(model(lr).float(), hr)
     loss.backward()
     optimizer.step()
@@ -93,7 +83,7 @@ def activation_bytes(variant: Variant, batch: int, patch: int, device: torch.dev
     torch.manual_seed(0)
     model = variant.build(device).train()
     lr, hr = make_batch(model, batch, patch, device)
-    with _autocast(device, precision):
+    with autocast(device, precision):
         out, report = saved_activation_bytes(model, lr, exclude=model)
     del out
     return report.total_bytes
@@ -115,8 +105,6 @@ def peak_step_bytes(variant: Variant, batch: int, patch: int, device: str, preci
 
 
 def _peak_worker(args: dict[str, Any]) -> dict[str, int]:
-    from agileir.engine.memory import cuda_peak_bytes, peak_rss_bytes, reset_cuda_peak
-
     device = torch.device(args["device"])
     if args.get("threads"):
         torch.set_num_threads(args["threads"])
@@ -129,8 +117,8 @@ def _peak_worker(args: dict[str, Any]) -> dict[str, int]:
         reset_cuda_peak(device)
     for _ in range(2):  # the second step has Adam's state allocated, as in a real run
         training_step(model, optimizer, lr, hr, args["precision"])
-    _sync(device)
-    peak = cuda_peak_bytes(device) if device.type == "cuda" else peak_rss_bytes()
+    synchronize(device)
+    peak = peak_memory_bytes(device)
     return {"peak_bytes": peak}
 
 
@@ -139,14 +127,14 @@ def median_times(fns: dict[str, Any], repeats: int, warmup: int, device: torch.d
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    _sync(device)
+    synchronize(device)
     samples: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for key, fn in fns.items():
-            _sync(device)
+            synchronize(device)
             t = time.perf_counter()
             fn()
-            _sync(device)
+            synchronize(device)
             samples[key].append(time.perf_counter() - t)
     return {k: statistics.median(v) for k, v in samples.items()}
 
@@ -185,7 +173,7 @@ def run_benchmark(variants: list[Variant], batches: list[int], patch: int = 64, 
         x = torch.rand(1, model.config.in_chans, infer_size, infer_size, device=dev)
 
         def infer(m=model, x=x):
-            with torch.inference_mode(), _autocast(dev, precision):
+            with torch.inference_mode(), autocast(dev, precision):
                 m(x)
         infers[v.spec] = infer
     for spec, sec in median_times(infers, repeats, warmup, dev).items():

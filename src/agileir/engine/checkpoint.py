@@ -95,7 +95,7 @@ def save_checkpoint(directory: str | os.PathLike, iteration: int, weights_model:
     ``state`` is the training state (``torch.save``). ``keep`` complete checkpoints are
     retained (0 or less: all); files in ``protect`` are never pruned.
     """
-    from agileir.models import save_model
+    from agileir.models.loading import save_model
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

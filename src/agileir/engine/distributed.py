@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from agileir.errors import ConfigError
+from agileir.runtime import resolve_device
 
 
 @dataclass(frozen=True)
@@ -42,23 +42,6 @@ class DistInfo:
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
     return int(value) if value not in (None, "") else default
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` (CUDA when available), ``cpu`` or ``cuda``; under torchrun, GPU ``local_rank``."""
-    name = str(name or "auto").lower()
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError("device cuda was requested but no CUDA device is available")
-        if name == "cuda":
-            index = local_rank % max(torch.cuda.device_count(), 1)
-            return torch.device("cuda", index)
-        return torch.device(name)
-    if name != "cpu":
-        raise ConfigError(f"device must be auto, cpu or cuda, got {name!r}")
-    return torch.device("cpu")
 
 
 def init_distributed(device: str = "auto", timeout_minutes: float = 60.0) -> DistInfo:
@@ -111,24 +94,10 @@ def all_gather_object(obj: Any) -> list[Any]:
     return out
 
 
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """Rank ``src``'s ``obj`` on every process."""
-    if not is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 def cleanup() -> None:
     """Leave the process group (safe to call twice or without one)."""
     if is_initialized():
         dist.destroy_process_group()
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The network inside a ``DistributedDataParallel`` wrapper (or the model itself)."""
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
 def wrap_ddp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
@@ -142,5 +111,5 @@ def wrap_ddp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
     return DistributedDataParallel(model)
 
 
-__all__ = ["DistInfo", "init_distributed", "resolve_device", "barrier", "all_reduce_mean", "all_gather_object",
-           "broadcast_object", "cleanup", "unwrap", "wrap_ddp", "is_initialized"]
+__all__ = ["DistInfo", "init_distributed", "barrier", "all_reduce_mean", "all_gather_object", "cleanup", "wrap_ddp",
+           "is_initialized"]

@@ -1,4 +1,4 @@
-"""Deterministic activation-memory census and peak-memory helpers (SPEC section 3).
+"""Deterministic activation-memory census and peak-memory helpers (docs/performance.md).
 
 "Activation memory" here is the number of bytes of *distinct tensor storages* that autograd holds
 for backward at the end of a forward pass, excluding the model's parameters (and, by default, its
@@ -21,15 +21,13 @@ Blind spots, by construction:
 * Because the hooks hand back detached aliases, double backward (``create_graph=True``) through
   the census is not supported; use it to measure, not to train.
 
-The figure users feel is the peak of a whole step: :func:`peak_rss_bytes` (CPU, best measured in
-a fresh process since ru_maxrss never decreases) and :func:`cuda_peak_bytes` after
-:func:`reset_cuda_peak` (CUDA allocator peak).
+The figure users feel is the peak of a whole step: :func:`agileir.runtime.peak_memory_bytes`
+(peak RSS on CPU, best measured in a fresh process since it never decreases; the CUDA
+allocator's peak on GPU).
 """
 
 from __future__ import annotations
 
-import resource
-import sys
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -42,10 +40,6 @@ __all__ = [
     "SavedReport",
     "SavedTensorCensus",
     "saved_activation_bytes",
-    "peak_rss_bytes",
-    "current_rss_bytes",
-    "reset_cuda_peak",
-    "cuda_peak_bytes",
 ]
 
 _MiB = 1024 * 1024
@@ -208,46 +202,3 @@ def saved_activation_bytes(fn: Callable[..., Any], *args: Any,
     with census:
         result = fn(*args, **kwargs)
     return result, census.report()
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far, in bytes (never decreases).
-
-    On Linux this is ``VmHWM`` of /proc/self/status, the high-water mark of this program's own
-    memory. ``ru_maxrss`` is not used there: the kernel carries it over from the parent through
-    fork and exec, so a worker started by a large process would report the parent's size.
-    """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)  # Linux reports KiB
-
-
-def current_rss_bytes() -> int:
-    """Current resident set size in bytes (Linux /proc; falls back to the peak elsewhere)."""
-    try:
-        with open("/proc/self/statm") as f:
-            pages = int(f.read().split()[1])
-        return pages * resource.getpagesize()
-    except (OSError, ValueError, IndexError):
-        return peak_rss_bytes()
-
-
-def reset_cuda_peak(device: torch.device | int | str | None = None) -> None:
-    """Synchronise and reset CUDA's allocator peak statistics (no-op without CUDA)."""
-    if torch.cuda.is_available():
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def cuda_peak_bytes(device: torch.device | int | str | None = None) -> int:
-    """``torch.cuda.max_memory_allocated`` since the last reset, after synchronising (0 w/o CUDA)."""
-    if not torch.cuda.is_available():
-        return 0
-    torch.cuda.synchronize(device)
-    return int(torch.cuda.max_memory_allocated(device))

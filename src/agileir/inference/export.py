@@ -74,7 +74,7 @@ def prepare_for_export(model: RestorationTransformer) -> RestorationTransformer:
     """
     if not isinstance(model, RestorationTransformer):
         raise ConfigError(f"can only export agileir models (RestorationTransformer), got {type(model).__name__}")
-    config = model.config.replace(attention_impl="eager", use_checkpoint=False)
+    config = model.config.runtime(attention_impl="eager", grad_checkpoint=False)
     copy = RestorationTransformer(config)
     copy.load_state_dict({k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()})
     return copy.eval().requires_grad_(False)

@@ -8,7 +8,6 @@ memory available) and the optional x8 self-ensemble, around one model.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from typing import Any, Union
@@ -17,13 +16,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from agileir.engine.distributed import resolve_device
 from agileir.errors import ConfigError, ImageError
 from agileir.inference.ensemble import self_ensemble
-from agileir.inference.tiling import Progress, check_tile, run_model
+from agileir.inference.tiling import DEFAULT_OVERLAP, Progress, check_overlap, check_tile, run_model
+from agileir.runtime import PRECISIONS, autocast, check_precision, resolve_device
 
 ImageLike = Union[np.ndarray, Image.Image, torch.Tensor]
-PRECISIONS = ("fp32", "bf16", "fp16")
 _LUMA = (0.299, 0.587, 0.114)  # BT.601 weights: colour model output back to a gray image
 
 
@@ -101,8 +99,8 @@ class Restorer:
     Args:
         model: a :class:`~agileir.RestorationTransformer` (or compatible module with ``config``).
         device: ``auto``, ``cpu`` or ``cuda``.
-        precision: ``fp32`` or ``bf16`` (autocast). ``fp16`` is refused: SwinIR-type networks
-            overflow its range; a model may declare ``fp16_safe = True`` to allow it.
+        precision: ``fp32`` or ``bf16`` (autocast); float16 is not offered, SwinIR-type
+            networks overflow its range.
         tile: None or 0 (whole image, falling back to tiles on CUDA out-of-memory), a tile side
             in input pixels (a multiple of the window), or ``"auto"`` (from free memory).
         tile_overlap: overlap between tiles in input pixels.
@@ -110,16 +108,14 @@ class Restorer:
     """
 
     def __init__(self, model: torch.nn.Module, *, device: str | torch.device = "auto", precision: str = "fp32",
-                 tile: int | str | None = None, tile_overlap: int = 32, self_ensemble: bool = False) -> None:
-        if precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {precision!r} (use fp32 or bf16)")
-        if precision == "fp16" and not getattr(model, "fp16_safe", False):
-            raise ConfigError("fp16 is refused: SwinIR-type models overflow float16 (activations beyond 65504 "
-                              "give inf/NaN); use --precision bf16 (same speed on recent hardware) or fp32")
+                 tile: int | str | None = None, tile_overlap: int = DEFAULT_OVERLAP,
+                 self_ensemble: bool = False) -> None:
+        check_precision(precision)
         tile = parse_tile(tile)
         if isinstance(tile, int):
             check_tile(tile, model.config.window_size)
-        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+            check_overlap(tile_overlap, tile)
+        self.device = resolve_device(device)
         self.model = model.eval().to(self.device)
         self.precision, self.tile, self.tile_overlap = precision, tile, tile_overlap
         self.self_ensemble = self_ensemble
@@ -127,9 +123,9 @@ class Restorer:
     @classmethod
     def from_name(cls, spec: str, scale: int | None = None, **options: Any) -> "Restorer":
         """A restorer for shipped weights (``agileir-s`` + ``scale``, ``agileir-s_x4``) or a weights file."""
-        from agileir.models.loading import resolve_model
+        from agileir.models.registry import resolve_model
 
-        return cls(resolve_model(spec, scale, pretrained=True), **options)
+        return cls(resolve_model(spec, scale), **options)
 
     @property
     def config(self) -> Any:
@@ -141,14 +137,8 @@ class Restorer:
 
     # ------------------------------------------------------------------ tensors
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
-
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        with self._autocast():
+        with autocast(self.device, self.precision):
             return self.model(x).float()
 
     def _tile_for(self, height: int, width: int) -> int | None:

@@ -28,6 +28,9 @@ OutOfMemoryError: type[BaseException] = getattr(torch, "OutOfMemoryError", torch
 Model = Callable[[torch.Tensor], torch.Tensor]
 Progress = Callable[[int, int], None]
 
+#: overlap of neighbouring tiles in input pixels, for every command and the API
+DEFAULT_OVERLAP = 32
+
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     """Start offsets of tiles of size ``tile`` covering ``length`` with at least ``overlap``.
@@ -37,8 +40,7 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     """
     if tile <= 0:
         raise ConfigError(f"tile size must be positive, got {tile}")
-    if not 0 <= overlap < tile:
-        raise ConfigError(f"tile overlap must be in [0, tile) = [0, {tile}), got {overlap}")
+    check_overlap(overlap, tile)
     if length <= tile:
         return [0]
     stride = tile - overlap
@@ -105,6 +107,12 @@ def blend_weights(
     return [(y, x, w / total[y : y + w.shape[0], x : x + w.shape[1]]) for y, x, w in raw]
 
 
+def check_overlap(overlap: int, tile: int) -> None:
+    """The overlap must leave each tile something of its own: ``0 <= overlap < tile``."""
+    if not 0 <= overlap < tile:
+        raise ConfigError(f"tile overlap must be in [0, {tile}) for {tile}-pixel tiles, got {overlap}")
+
+
 def check_tile(tile: int, window_size: int) -> None:
     """A tile must be a positive multiple of the model's window (no padding inside a tile)."""
     if tile < window_size or tile % window_size:
@@ -120,7 +128,7 @@ def tiled_forward(
     model: Model,
     x: torch.Tensor,
     tile: int,
-    overlap: int = 32,
+    overlap: int = DEFAULT_OVERLAP,
     *,
     scale: int = 1,
     window_size: int = 1,
@@ -177,7 +185,7 @@ def run_model(
     x: torch.Tensor,
     *,
     tile: int | None = None,
-    overlap: int = 32,
+    overlap: int = DEFAULT_OVERLAP,
     scale: int = 1,
     window_size: int = 1,
     device: torch.device | str | None = None,
@@ -245,4 +253,4 @@ def swinir_test_pad(x: torch.Tensor, window_size: int) -> torch.Tensor:
     return torch.cat([x, torch.flip(x, dims=(-1,))], dim=-1)[..., :, : w + pw]
 
 
-__all__ = ["OutOfMemoryError", "check_tile", "tile_starts", "blend_weights", "tiled_forward", "run_model", "swinir_test_pad"]
+__all__ = ["OutOfMemoryError", "DEFAULT_OVERLAP", "check_overlap", "check_tile", "tile_starts", "blend_weights", "tiled_forward", "run_model", "swinir_test_pad"]

@@ -53,7 +53,8 @@ except RuntimeError as exc:  # e.g. a CUDA torchvision beside a CPU torch: "oper
                       f"(torchvision must be built for the installed torch): {exc}") from exc
 
 from agileir.models.config import NetworkConfig
-from agileir.models.loading import DERIVED_SUFFIXES, detect_config, load_model
+from agileir.models.detect import detect_config
+from agileir.models.loading import DERIVED_SUFFIXES, load_model
 from agileir.models.network import RestorationTransformer
 
 __all__ = ["ARCH_ID", "AgileIRArch", "detect_agileir", "describe", "register"]
@@ -75,7 +76,7 @@ def _layout_keys(config: NetworkConfig) -> set[str]:
     """
     twin = config.replace(embed_dim=math.lcm(*config.num_heads), key_dim=1, mlp_ratio=1.0, num_feat=4,
                           window_size=2, dwconv_kernel=1 if config.dwconv_kernel else 0,
-                          drop_path_rate=0.0, use_checkpoint=False, zero_init_proj=False)
+                          drop_path_rate=0.0, grad_checkpoint=False, zero_init_proj=False)
     with torch.random.fork_rng(devices=[]):
         keys = RestorationTransformer(twin).state_dict().keys()
     return {k for k in keys if not k.endswith(DERIVED_SUFFIXES)}

@@ -8,17 +8,26 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 from agileir.errors import ConfigError
+from agileir.models.attention.dispatch import IMPLS as ATTENTION_IMPLS
+from agileir.models.attention.dispatch import canonical_impl
 
 ATTENTIONS = ("window", "gswa")
 UPSAMPLERS = ("pixelshuffle", "pixelshuffledirect", "nearest+conv", "none")
+#: the task vocabulary of the whole package (API, YAML configs, CLI): super-resolution,
+#: Gaussian denoising, JPEG artefact removal
 TASKS = ("sr", "denoise", "jpeg")
 RESIDUAL_CONNECTIONS = ("1conv", "3conv")
-ATTENTION_IMPLS = ("auto", "eager", "lean", "fast")
 GSWA_ACTIVATIONS = ("relu", "identity")
+#: options that change how the network runs, not what it computes or which weights it has;
+#: they are left out wherever two configurations are compared for weight compatibility
+RUNTIME_FIELDS = ("attention_impl", "grad_checkpoint")
+#: field names of earlier versions (still read from weights files and configurations)
+LEGACY_FIELDS = {"use_checkpoint": "grad_checkpoint"}
 
 
 @dataclass
@@ -45,8 +54,9 @@ class NetworkConfig:
     num_feat: int = 64
     # attention
     attention: str = "window"
-    attention_impl: str = "auto"
-    use_checkpoint: bool = False
+    # runtime options (RUNTIME_FIELDS): how it runs, not what it computes
+    attention_impl: str = "auto"  # see models/attention/dispatch.py
+    grad_checkpoint: bool = False  # recompute each whole block in backward
     # GSWA options (ignored by attention="window")
     key_dim: int = 8
     dwconv_kernel: int = 3
@@ -58,6 +68,7 @@ class NetworkConfig:
     def __post_init__(self) -> None:
         self.depths = tuple(int(d) for d in self.depths)
         self.num_heads = tuple(int(h) for h in self.num_heads)
+        self.attention_impl = canonical_impl(self.attention_impl)
         self.validate()
 
     def validate(self) -> None:
@@ -95,6 +106,7 @@ class NetworkConfig:
             check(self.scale in (2, 4), f"nearest+conv supports scales 2 and 4, got {self.scale}")
 
     def replace(self, **overrides: Any) -> "NetworkConfig":
+        overrides = _migrate(overrides)
         unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
         if unknown:
             raise ConfigError(f"unknown model option(s): {', '.join(sorted(unknown))}")
@@ -108,8 +120,22 @@ class NetworkConfig:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
+    def weights_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the runtime options: equal for configurations whose weights
+        are interchangeable."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+
+    def runtime(self, **options: Any) -> "NetworkConfig":
+        """A copy with runtime options changed (a weight-affecting option here is an error)."""
+        options = _migrate(options)
+        bad = sorted(set(options) - set(RUNTIME_FIELDS))
+        if bad:
+            raise ConfigError(f"not a runtime option: {', '.join(bad)} (runtime options: {', '.join(RUNTIME_FIELDS)})")
+        return self.replace(**options)
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "NetworkConfig":
+        d = _migrate(d, warn=False)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -119,3 +145,21 @@ class NetworkConfig:
     @property
     def is_gswa(self) -> bool:
         return self.attention == "gswa"
+
+
+def _migrate(options: dict[str, Any], warn: bool = True) -> dict[str, Any]:
+    """Options with earlier field names renamed; ``warn`` says so with a DeprecationWarning (not
+    for weights files, which a user cannot change)."""
+    old = [k for k in options if k in LEGACY_FIELDS]
+    if not old:
+        return options
+    out = dict(options)
+    for key in old:
+        new = LEGACY_FIELDS[key]
+        value = out.pop(key)
+        if new in out and out[new] != value:
+            raise ConfigError(f"both {key!r} (old name) and {new!r} are given, with different values")
+        out.setdefault(new, value)
+        if warn:
+            warnings.warn(f"model option {key!r} is now called {new!r}", DeprecationWarning, stacklevel=3)
+    return out

@@ -1,4 +1,4 @@
-"""The restoration network shared by SwinIR and AgileIR (SPEC §1).
+"""The restoration network shared by SwinIR and AgileIR (docs/architecture.md).
 
 mean shift -> 3x3 conv -> K residual groups (L transformer blocks, a conv, a residual) ->
 LayerNorm -> conv + long skip -> head -> mean back. The two families differ only in the
@@ -7,20 +7,18 @@ attention module each transformer block holds (``config.attention``).
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from agileir.errors import ImageError
 from agileir.models import heads
+from agileir.models.attention.dispatch import mask_value, plan_attention
+from agileir.models.attention.gswa import GroupShiftedWindowAttention
+from agileir.models.attention.window import WindowAttention
 from agileir.models.config import NetworkConfig
-from agileir.models.gswa import GroupShiftedWindowAttention
-from agileir.models.lean import lean_mlp, recompute_branch
-from agileir.models.window_attention import WindowAttention
-from agileir.models.windows import (MASK_VALUE, ShiftMaskCache, is_exporting, traceable_shift_mask, window_partition,
-                                    window_reverse)
+from agileir.models.recompute import lean_mlp, recompute_branch
+from agileir.models.windows import ShiftMaskCache, is_exporting, traceable_shift_mask, window_partition, window_reverse
 
 RGB_MEAN = (0.4488, 0.4371, 0.4040)  # DIV2K mean, as in SwinIR
 
@@ -28,12 +26,11 @@ RGB_MEAN = (0.4488, 0.4371, 0.4040)  # DIV2K mean, as in SwinIR
 def build_attention(config: NetworkConfig, num_heads: int) -> nn.Module:
     """The attention module of one transformer block, chosen by ``config.attention``."""
     if config.attention == "window":
-        return WindowAttention(config.embed_dim, config.window_size, num_heads, config.qkv_bias,
-                               impl=config.attention_impl)
+        return WindowAttention(config.embed_dim, config.window_size, num_heads, config.qkv_bias)
     return GroupShiftedWindowAttention(
         config.embed_dim, config.window_size, num_heads, key_dim=config.key_dim,
         dwconv_kernel=config.dwconv_kernel, activation=config.gswa_activation, qkv_norm=config.qkv_norm,
-        zero_init_proj=config.zero_init_proj, qkv_bias=config.qkv_bias, impl=config.attention_impl)
+        zero_init_proj=config.zero_init_proj, qkv_bias=config.qkv_bias)
 
 
 class DropPath(nn.Module):
@@ -77,37 +74,42 @@ class TransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * config.mlp_ratio))
 
-        self.attention_impl = config.attention_impl
-        self.lean_by_default = config.attention == "gswa"
-        self.checkpointed = config.use_checkpoint  # the whole block is recomputed: no lean path inside
+        self.attention, self.attention_impl = config.attention, config.attention_impl
+        self.grad_checkpoint = config.grad_checkpoint  # the whole block is recomputed: no recompute inside
 
-    def uses_lean_path(self) -> bool:
-        """Training with the lean policy: 'lean', or 'auto' for GSWA (SwinIR's default stays eager)."""
-        if self.checkpointed or not (self.training and torch.is_grad_enabled()):
-            return False
-        return self.attention_impl == "lean" or (self.attention_impl == "auto" and self.lean_by_default)
+    def plan(self, x: torch.Tensor):
+        """This forward pass's attention plan (kernel, recompute), see models/attention/dispatch.py."""
+        return plan_attention(self.attention, self.attention_impl, device_type=x.device.type,
+                              training=self.training, grad_enabled=torch.is_grad_enabled(),
+                              grad_checkpoint=self.grad_checkpoint)
+
+    def uses_recompute(self) -> bool:
+        """True when a forward pass now would take the recompute path (CPU plan)."""
+        return plan_attention(self.attention, self.attention_impl, device_type="cpu", training=self.training,
+                              grad_enabled=torch.is_grad_enabled(), grad_checkpoint=self.grad_checkpoint).recompute
 
     def _branch_parameters(self) -> list[torch.Tensor]:
         return [p for p in (*self.norm1.parameters(), *self.attn.parameters()) if p.requires_grad]
 
-    def attention_branch(self, x: torch.Tensor, mask: torch.Tensor | None, impl: str | None = None) -> torch.Tensor:
+    def attention_branch(self, x: torch.Tensor, mask: torch.Tensor | None, kernel: str = "eager") -> torch.Tensor:
         """attn(LN(x)) over (shifted) windows, (B, H, W, C) -> (B, H, W, C)."""
         b, h, w, c = x.shape
         y = self.norm1(x)
         if self.shift:
             y = torch.roll(y, shifts=(-self.shift, -self.shift), dims=(1, 2))
-        y = self.attn(window_partition(y, self.window_size), mask if self.shift else None, impl=impl)
+        y = self.attn(window_partition(y, self.window_size), mask if self.shift else None, kernel=kernel)  # (B*nW, N, C)
         y = window_reverse(y, self.window_size, h, w)
         if self.shift:
             y = torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2))
         return y
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        if self.uses_lean_path():
-            y = recompute_branch(lambda t: self.attention_branch(t, mask, impl="eager"), x, self._branch_parameters)
+        plan = self.plan(x)
+        if plan.recompute:
+            y = recompute_branch(lambda t: self.attention_branch(t, mask, plan.kernel), x, self._branch_parameters)
             x = x + self.drop_path(y)
             return x + self.drop_path(lean_mlp(x, self.norm2, self.mlp))
-        x = x + self.drop_path(self.attention_branch(x, mask))
+        x = x + self.drop_path(self.attention_branch(x, mask, plan.kernel))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -119,11 +121,11 @@ class BlockSequence(nn.Module):
         shift = config.window_size // 2
         self.blocks = nn.ModuleList(
             TransformerBlock(config, num_heads, 0 if i % 2 == 0 else shift, drop_paths[i]) for i in range(depth))
-        self.use_checkpoint = config.use_checkpoint
+        self.grad_checkpoint = config.grad_checkpoint
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
-            if self.use_checkpoint and self.training and torch.is_grad_enabled():
+            if self.grad_checkpoint and self.training and torch.is_grad_enabled():
                 x = recompute_branch(lambda t, b=block: b(t, mask), x,
                                      lambda b=block: [p for p in b.parameters() if p.requires_grad], preserve_rng=True)
             else:
@@ -196,16 +198,8 @@ class RestorationTransformer(nn.Module):
             self.add_module(name, module)
         object.__setattr__(self, "_head", head)
         self._masks = ShiftMaskCache(config.window_size, config.window_size // 2)
-        # SwinIR's default keeps the official -100 mask; every other path masks with -inf, which
-        # gives exact zeros instead of float32 subnormals (exp(-100)) that slow CPU matmuls ~10x.
-        official = config.attention == "window" and config.attention_impl in ("auto", "eager")
-        self._masks.value = MASK_VALUE if official else float("-inf")
+        self._masks.value = mask_value(config.attention, config.attention_impl)
         self.apply(_init_weights)
-        if config.attention == "gswa" and config.zero_init_proj:
-            for layer in self.layers:
-                for block in layer.residual_group.blocks:
-                    nn.init.zeros_(block.attn.proj.weight)
-                    nn.init.zeros_(block.attn.proj.bias)
 
     @property
     def scale(self) -> int:
@@ -252,27 +246,19 @@ class RestorationTransformer(nn.Module):
         s = self.config.scale
         return y[:, :, :h * s, :w * s]
 
-    def restore(self, image: Any, **options: Any) -> Any:
-        """Restore a numpy array, PIL image or tensor and return the same kind.
-
-        Padding, tiling (``tile=...``), precision and channels are handled by
-        :class:`agileir.inference.restorer.Restorer`, which takes the same ``options``; the
-        model stays on its current device unless ``device`` is given.
-        """
-        from agileir.inference.restorer import Restorer
-
-        options.setdefault("device", self.conv_first.weight.device)
-        return Restorer(self, **options).restore(image)
-
     def extra_repr(self) -> str:
         c = self.config
         return f"attention={c.attention}, scale={c.scale}, upsampler={c.upsampler}"
 
 
 def _init_weights(m: nn.Module) -> None:
-    """SwinIR's initialisation: truncated normal for linear layers, unit LayerNorms."""
+    """SwinIR's initialisation: truncated normal for linear layers, unit LayerNorms; a layer
+    marked ``zero_init`` (GSWA's ``zero_init_proj``) starts at zero."""
     if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
+        if getattr(m, "zero_init", False):
+            nn.init.zeros_(m.weight)
+        else:
+            nn.init.trunc_normal_(m.weight, std=0.02)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
     elif isinstance(m, nn.LayerNorm):

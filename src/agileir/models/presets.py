@@ -36,17 +36,6 @@ PRESETS: dict[str, dict[str, Any]] = {
                              img_size=64, scale=4, key_dim=16),
 }
 
-PRESET_DESCRIPTIONS = {
-    "swinir-s": "SwinIR lightweight SR (60 ch, 4x6 blocks, window 8)",
-    "swinir-m": "SwinIR classical SR (180 ch, 6x6 blocks, window 8)",
-    "swinir-l": "SwinIR real-world SR (240 ch, 9x6 blocks, nearest+conv)",
-    "agileir-s": "AgileIR with SwinIR-S's macro configuration (GSWA, key_dim 8)",
-    "agileir-m": "AgileIR with SwinIR-M's macro configuration (GSWA, key_dim 16)",
-    "agileir-paper-light": "the AgileIR authors' light x4 configuration (96 ch, 6/8/6, window 16)",
-    "agileir-paper-v2": "the AgileIR authors' v2 configuration (180 ch, 6x6, window 16)",
-}
-
-
 def preset_config(name: str, **overrides: Any) -> NetworkConfig:
     """The configuration of a preset, with ``task`` defaults applied before explicit overrides.
 

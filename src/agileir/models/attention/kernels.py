@@ -7,19 +7,19 @@ softmax scale is the caller's business: ``q`` arrives already scaled. Output (B_
 
 Three implementations with identical maths:
 
-* :func:`eager_window_attention` -- the plain reference. Autograd keeps the (B_, h, N, N)
+* :func:`eager_window_attention` -- the plain reference (``kernel="eager"``). Autograd keeps the (B_, h, N, N)
   probabilities for backward, which is what dominates the training memory of SwinIR.
-* :func:`lean_window_attention` -- a custom autograd Function that keeps only q, k, v, bias,
+* :func:`chunked_window_attention` (``kernel="chunked"``) -- a custom autograd Function that keeps only q, k, v, bias,
   mask, the per-row log-sum-exp and (by default) the output, and recomputes the probabilities in
   backward. The B_ dimension is processed in chunks in forward *and* backward, so a full
   (B_, h, N, N) tensor never exists, not even transiently.
-* :func:`fast_window_attention` -- inference path through
+* :func:`sdpa_window_attention` (``kernel="sdpa"``) -- through
   :func:`torch.nn.functional.scaled_dot_product_attention` with one additive float mask.
 
-:func:`window_attention` dispatches between them (``impl="auto"`` picks "fast" without grad and
-"lean" when training).
+:func:`run_kernel` calls one by name; which one a block uses is decided in
+:mod:`agileir.models.attention.dispatch`.
 
-Memory kept for backward by the lean kernel (exactly what it passes to ``save_for_backward``,
+Memory kept for backward by the chunked kernel (exactly what it passes to ``save_for_backward``,
 which the census in :mod:`agileir.engine.memory` sees): the storages of q, k, v (shared with
 whatever the caller also keeps), bias (h*N*N) and mask (nW*N*N) once per call, and per row of
 (B_, h, N): the log-sum-exp (4 bytes; 8 for float64 inputs) plus, with ``save_out=True``, the
@@ -32,18 +32,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from agileir.models.attention.core import add_bias_and_mask, add_mask_
+
 __all__ = [
-    "IMPLS",
     "DEFAULT_CHUNK_BYTES",
     "DEFAULT_CHUNK_BYTES_CUDA",
     "eager_window_attention",
-    "lean_window_attention",
-    "fast_window_attention",
-    "window_attention",
+    "chunked_window_attention",
+    "sdpa_window_attention",
+    "run_kernel",
     "default_chunk_size",
 ]
-
-IMPLS = ("auto", "eager", "lean", "fast")
 
 #: Target size of one chunk's (rows, h, N, N) score block in the compute dtype on CPU (cache
 #: sized: 1-2 MiB measured fastest for SwinIR shapes). Backward holds two such blocks at once
@@ -94,21 +93,6 @@ def default_chunk_size(b_: int, h: int, n: int, nw: int = 1, element_size: int =
     return int(rows)
 
 
-def _add_mask_(scores: torch.Tensor, mask: torch.Tensor, start: int) -> None:
-    """In place: ``scores`` (c, h, N, N) for rows start..start+c-1 += mask[row % nW] per row."""
-    c = scores.shape[0]
-    nw = mask.shape[0]
-    m = mask.to(scores.dtype)
-    s0 = start % nw
-    if s0 + c <= nw:  # the chunk sits inside one period of windows: a slice
-        scores.add_(m[s0:s0 + c].unsqueeze(1))
-    elif s0 == 0 and c % nw == 0:  # whole periods: broadcast over images as a view
-        scores.view(c // nw, nw, *scores.shape[1:]).add_(m.unsqueeze(1).unsqueeze(0))
-    else:  # ragged: gather the chunk's rows of the mask (c * N * N, a fraction of the scores)
-        idx = torch.arange(start, start + c, device=mask.device) % nw
-        scores.add_(m.index_select(0, idx).unsqueeze(1))
-
-
 def _scores(qc: torch.Tensor, kc: torch.Tensor, bias_c: torch.Tensor | None,
             mask: torch.Tensor | None, start: int) -> torch.Tensor:
     """q k^T + bias + mask for one chunk, in the compute dtype (a fresh (c, h, N, N) tensor)."""
@@ -116,7 +100,7 @@ def _scores(qc: torch.Tensor, kc: torch.Tensor, bias_c: torch.Tensor | None,
     if bias_c is not None:
         s.add_(bias_c)
     if mask is not None:
-        _add_mask_(s, mask, start)
+        add_mask_(s, mask, start)
     return s
 
 
@@ -124,19 +108,11 @@ def eager_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                            bias: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
     """Reference ``softmax(q k^T + bias + mask) v``; autograd keeps the N x N probabilities."""
     _check_shapes(q, k, v, bias, mask)
-    b_, h, n, _ = q.shape
-    attn = q @ k.transpose(-2, -1)
-    if bias is not None:
-        attn = attn + bias.unsqueeze(0).to(attn.dtype)
-    if mask is not None:
-        nw = mask.shape[0]
-        attn = attn.view(b_ // nw, nw, h, n, n) + mask.unsqueeze(1).unsqueeze(0).to(attn.dtype)
-        attn = attn.view(b_, h, n, n)
-    return attn.softmax(dim=-1) @ v
+    return add_bias_and_mask(q @ k.transpose(-2, -1), bias, mask).softmax(dim=-1) @ v
 
 
 def _exp_floor(dtype: torch.dtype) -> float:
-    """Lowest exponent kept by the lean kernel (see :func:`lean_window_attention`)."""
+    """Lowest exponent kept by the chunked kernel (see :func:`chunked_window_attention`)."""
     return -600.0 if dtype == torch.float64 else -60.0
 
 
@@ -148,7 +124,7 @@ def _matmul_into(a: torch.Tensor, b: torch.Tensor, dest: torch.Tensor) -> None:
         dest.copy_(torch.matmul(a, b))
 
 
-class _LeanWindowAttention(torch.autograd.Function):
+class _ChunkedWindowAttention(torch.autograd.Function):
     """Flash-style window attention: saves q, k, v, bias, mask, lse (and out); recomputes P."""
 
     @staticmethod
@@ -199,7 +175,7 @@ class _LeanWindowAttention(torch.autograd.Function):
             grads = iter(torch.autograd.grad(ref, wanted, grad_out, allow_unused=True, create_graph=True))
             dq, dk, dv, dbias = (next(grads) if t is not None and t.requires_grad else None for t in inputs)
             return dq, dk, dv, dbias, None, None, None
-        return _LeanWindowAttention._backward(ctx, grad_out, q, k, v, bias, mask, lse, out)
+        return _ChunkedWindowAttention._backward(ctx, grad_out, q, k, v, bias, mask, lse, out)
 
     @staticmethod
     def _backward(ctx, grad_out, q, k, v, bias, mask, lse, out):
@@ -241,10 +217,10 @@ class _LeanWindowAttention(torch.autograd.Function):
         return dq, dk, dv, dbias, None, None, None
 
 
-def lean_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+def chunked_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                           bias: torch.Tensor | None, mask: torch.Tensor | None,
                           chunk_size: int | None = None, save_out: bool = True) -> torch.Tensor:
-    """Memory-lean ``softmax(q k^T + bias + mask) v`` that recomputes probabilities in backward.
+    """Chunked ``softmax(q k^T + bias + mask) v`` that recomputes probabilities in backward.
 
     Saved for backward: q, k, v, bias, mask, the row log-sum-exp (B_, h, N) in the compute dtype
     (float32 for 16-bit inputs) and, if ``save_out``, the output (B_, h, N, dv) used for the row
@@ -265,7 +241,7 @@ def lean_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if mask is not None:
         mask = mask.detach()
-    return _LeanWindowAttention.apply(q, k, v, bias, mask, chunk_size, save_out)
+    return _ChunkedWindowAttention.apply(q, k, v, bias, mask, chunk_size, save_out)
 
 
 def _pad_last(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -274,15 +250,15 @@ def _pad_last(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, (0, pad)) if pad else x
 
 
-def fast_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+def sdpa_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                           bias: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
-    """Inference path: one ``scaled_dot_product_attention`` call with scale 1 (q is pre-scaled).
+    """One ``scaled_dot_product_attention`` call with scale 1 (q is pre-scaled).
 
     bias and mask are folded into one additive float mask of shape (nW, h, N, N) (once per call,
     not per image: the batch of images is a broadcast dimension; with a single image it is as
     large as one score tensor). On CUDA, head dims are zero-padded to a multiple of 8 so the
     memory-efficient backend applies (zero columns change neither q k^T nor, after slicing, the
-    output). Differentiable through SDPA, but meant for inference: see :func:`window_attention`.
+    output). Differentiable through SDPA.
     """
     _check_shapes(q, k, v, bias, mask)
     if not torch.is_grad_enabled():
@@ -321,21 +297,14 @@ def fast_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return out
 
 
-def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
-                     mask: torch.Tensor | None, impl: str = "auto") -> torch.Tensor:
-    """Dispatch ``softmax(q k^T + bias + mask) v`` to a kernel.
+_KERNELS = {"eager": eager_window_attention, "chunked": chunked_window_attention, "sdpa": sdpa_window_attention}
 
-    ``impl``: "eager", "lean", "fast", or "auto" = "fast" when no gradient will be taken (grad
-    mode off or no input requires grad), else "lean".
-    """
-    if impl == "auto":
-        needs_grad = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (q, k, v, bias))
-        impl = "lean" if needs_grad else "fast"
-    if impl == "eager":
-        return eager_window_attention(q, k, v, bias, mask)
-    if impl == "lean":
-        return lean_window_attention(q, k, v, bias, mask)
-    if impl == "fast":
-        return fast_window_attention(q, k, v, bias, mask)
-    raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+
+def run_kernel(kernel: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
+               mask: torch.Tensor | None) -> torch.Tensor:
+    """``softmax(q k^T + bias + mask) v`` with the named kernel ("eager", "chunked" or "sdpa")."""
+    try:
+        fn = _KERNELS[kernel]
+    except KeyError:
+        raise ValueError(f"kernel must be one of {tuple(_KERNELS)}, got {kernel!r}") from None
+    return fn(q, k, v, bias, mask)

@@ -1,7 +1,8 @@
-"""The memory-lean training path: keep block inputs, recompute the rest in backward.
+"""The recompute training path (``attention_impl`` "recompute", GSWA's default): keep block
+inputs, recompute the rest in backward.
 
 Per transformer block and token, the plain path keeps about ``12*C + heads*N`` floats for
-backward (SPEC §3). The lean path keeps ``4*C``:
+backward (docs/performance.md). The recompute path keeps ``4*C``:
 
 * the attention branch (LayerNorm, windows, all groups' projections and N x N maps, output
   projection) keeps only its input ``x``; backward recomputes the branch from it, so N x N maps
@@ -60,7 +61,7 @@ class _RecomputedBranch(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         x, *params = ctx.saved_tensors
         if [id(p) for p in ctx.params_fn()] != ctx.param_ids:
-            raise RuntimeError("the lean attention path recomputes with the module's own parameters, which were "
+            raise RuntimeError("the recompute path recomputes with the module's own parameters, which were "
                                "swapped since the forward pass (torch.func.functional_call?); "
                                "use attention_impl='eager' for that")
         # create_graph=True (a gradient penalty) runs backward with grad mode on: the recompute is

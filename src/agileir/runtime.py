@@ -1,0 +1,121 @@
+"""Where and how computations run: device choice, precision, synchronisation, memory figures.
+
+Neutral ground: every layer (models, inference, evaluation, engine, cli) may use these, and
+they import nothing else of the package but its errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import sys
+
+import torch
+
+from agileir.errors import ConfigError
+
+#: numeric precisions of the whole package (API, YAML configs, CLI). fp16 is not offered:
+#: SwinIR-type networks overflow its range (activations beyond 65504 give inf/NaN).
+PRECISIONS = ("fp32", "bf16")
+MiB = 2 ** 20
+
+
+def resolve_device(name: str | torch.device | None, local_rank: int = 0) -> torch.device:
+    """``auto`` (CUDA when available), ``cpu`` or ``cuda`` (``cuda:N``); under torchrun, GPU ``local_rank``."""
+    if isinstance(name, torch.device):
+        return name
+    name = str(name or "auto").lower()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError("device cuda was requested but no CUDA device is available; use --device cpu")
+        if name == "cuda":
+            return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
+        return torch.device(name)
+    if name != "cpu":
+        raise ConfigError(f"device must be auto, cpu or cuda, got {name!r}")
+    return torch.device("cpu")
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of :data:`PRECISIONS`, else a one-line :class:`ConfigError`."""
+    if precision not in PRECISIONS:
+        hint = " (float16 overflows these networks; bf16 has its range)" if precision == "fp16" else ""
+        raise ConfigError(f"precision must be fp32 or bf16, got {precision!r}{hint}")
+    return precision
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device`` for ``precision="bf16"``, nothing for fp32."""
+    if check_precision(precision) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work (CUDA), so that wall-clock timings are true."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def default_threads() -> int:
+    """Intra-op threads for a command: the cores this process may run on (affinity), at most 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 8))
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far, in bytes (never decreases).
+
+    On Linux this is ``VmHWM`` of /proc/self/status, the high-water mark of this program's own
+    memory. ``ru_maxrss`` is not used there: the kernel carries it over from the parent through
+    fork and exec, so a worker started by a large process would report the parent's size.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # Linux reports KiB
+
+
+def current_rss_bytes() -> int:
+    """Current resident set size in bytes (Linux /proc; falls back to the peak elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * resource.getpagesize()
+    except (OSError, ValueError, IndexError):
+        return peak_rss_bytes()
+
+
+def reset_cuda_peak(device: torch.device | int | str | None = None) -> None:
+    """Synchronise and reset CUDA's allocator peak statistics (no-op without CUDA)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def cuda_peak_bytes(device: torch.device | int | str | None = None) -> int:
+    """``torch.cuda.max_memory_allocated`` since the last reset, after synchronising (0 w/o CUDA)."""
+    if not torch.cuda.is_available():
+        return 0
+    torch.cuda.synchronize(device)
+    return int(torch.cuda.max_memory_allocated(device))
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """The figure a user feels: the CUDA allocator's peak on GPU, the process's peak RSS on CPU."""
+    return cuda_peak_bytes(device) if device.type == "cuda" else peak_rss_bytes()
+
+
+__all__ = ["PRECISIONS", "MiB", "resolve_device", "check_precision", "autocast", "synchronize", "default_threads",
+           "peak_rss_bytes", "current_rss_bytes", "reset_cuda_peak", "cuda_peak_bytes", "peak_memory_bytes"]
