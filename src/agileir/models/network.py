@@ -239,7 +239,11 @@ class RestorationTransformer(nn.Module):
         x = self.pad_to_window(x)
         mean = self.mean.to(x.dtype)
         x = (x - mean) * self.config.img_range
-        shallow = self.conv_first(x)
+        # The residual stream keeps the input's dtype: under CPU bf16 autocast conv_first returns
+        # bf16, every LayerNorm would then see bf16 input, and PyTorch's CPU LayerNorm backward sums
+        # the weight/bias gradients of a bf16 input over the tokens in bf16 (70-90% off at training
+        # sizes; CUDA autocast runs layer_norm in fp32). Matmuls and convolutions still run in bf16.
+        shallow = self.conv_first(x).to(x.dtype)
         feat = self.conv_after_body(self.forward_features(shallow)) + shallow
         y = self._head(feat, x)
         y = y / self.config.img_range + mean
