@@ -40,7 +40,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Load the configuration, train, and print the final validation against the baseline."""
     from agileir.engine.train import dump_config, load_config, task_of, train
+    from agileir.errors import ConfigError
 
+    if args.config is None and not args.print_config and not any(o.startswith("data.") for o in args.overrides):
+        raise ConfigError("give --config FILE (e.g. configs/quickstart.yaml), or the data with "
+                          "data.train.hr_dir=FOLDER overrides")
     config = load_config(args.config, args.overrides)
     if args.print_config:
         sys.stdout.write(dump_config(config))
