@@ -260,8 +260,17 @@ class Restorer:
                 return run_model(self._forward, t, tile=tile, overlap=self.tile_overlap, scale=self.scale,
                                  window_size=self.config.window_size, device=self.device)
             tracker.start_pass()
+            calls = 0
+
+            def forward(patch: torch.Tensor) -> torch.Tensor:
+                nonlocal calls
+                calls += 1
+                if calls > 1:  # the whole-image call fell back to tiles: count tiles, not blocks
+                    tracker.tiled = True
+                return self._forward(patch)
+
             with _block_hooks(self.model, tracker.blocks if tile is None else None):
-                out = run_model(self._forward, t, tile=tile, overlap=self.tile_overlap, scale=self.scale,
+                out = run_model(forward, t, tile=tile, overlap=self.tile_overlap, scale=self.scale,
                                 window_size=self.config.window_size, device=self.device, progress=tracker.tiles)
             tracker.end_pass()
             return out
