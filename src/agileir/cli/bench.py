@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice); 1 gives steadier ratios on a busy machine")
     p.add_argument("--no-peak", action="store_true", help="skip the fresh-process peak-memory measurement")
-    p.add_argument("--out", type=Path, default=None, help="folder for bench.csv, bench.json and bench.png")
+    p.add_argument("--out", type=Path, default=None, help="folder for bench.csv, bench.json and bench.png (default: none, the table is only printed)")
     p.set_defaults(func=run)
 
 
