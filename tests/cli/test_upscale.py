@@ -331,3 +331,23 @@ def test_help_lists_the_shipped_weights_per_command_and_no_fp16(capsys, monkeypa
     restore = " ".join(capsys.readouterr().out.split())
     assert "agileir-s_x2" not in restore and "_x<scale>" not in restore and "_restored" in restore
     assert "auto (CUDA if available), cpu or cuda" in up and "auto (CUDA if available), cpu or cuda" in restore
+
+
+@pytest.mark.parametrize("content, expected", [(b"", "the file is empty"),
+                                               (b"hello, these are notes\n", "a text file, not a PyTorch checkpoint")])
+def test_a_pth_that_is_no_checkpoint_says_so(tmp_path, capsys, model_must_not_run, content, expected):
+    _photo(tmp_path / "a.png")
+    (tmp_path / "notes.pth").write_bytes(content)
+    assert main(["upscale", str(tmp_path / "a.png"), "--model", str(tmp_path / "notes.pth"), "--quiet"]) == 2
+    assert expected in _one_error_line(capsys)
+
+
+def test_binary_checkpoints_pass_the_text_check(tmp_path, weights):
+    from agileir.cli.upscale import check_model_option
+    from agileir.models.loading import official_state_dict
+
+    model = agileir.load_model(weights["x2"])
+    for name, zipped in (("zip.pth", True), ("legacy.pth", False)):
+        torch.save({"params": official_state_dict(model, img_size=8)}, tmp_path / name,
+                   _use_new_zipfile_serialization=zipped)
+        check_model_option(str(tmp_path / name))  # no error

@@ -261,6 +261,25 @@ def check_model_option(spec: str) -> None:
         raise ModelLoadError(f"weights file not found: {spec}")
     if path.is_dir():
         raise ModelLoadError(f"--model {spec} is a folder; give a weights file (.safetensors, SwinIR .pth)")
+    if path.is_file() and path.suffix.lower() != ".safetensors":
+        _check_torch_file(path)
+
+
+def _check_torch_file(path: Path) -> None:
+    """An empty or plain-text file given as ``.pth`` gets a plain message, not torch.load's
+    (a text file makes it raise ``KeyError: '101'``). A torch.save file is a zip archive or a
+    binary pickle: both have bytes below 0x09 (or invalid UTF-8) within their first bytes."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head:
+        raise ModelLoadError(f"{path}: the file is empty, not a PyTorch checkpoint")
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return
+    if all(ch >= "\t" for ch in text):
+        raise ModelLoadError(f"{path}: a text file, not a PyTorch checkpoint (give an official SwinIR .pth "
+                             f"or an agileir .safetensors file)")
 
 
 def _load(args: argparse.Namespace, tile: int | str | None):
