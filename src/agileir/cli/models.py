@@ -46,8 +46,8 @@ def run(args: argparse.Namespace) -> int:
     widths = [max(len(r[k]) for r in (header, *rows)) for k in range(len(header))]
     for r in (header, *rows):
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-    print("\nuse: agileir upscale IMAGE --model NAME (or a preset name with --scale, e.g. --model agileir-s "
-          "--scale 4); scores: 'agileir test' protocol (Y channel, border = scale), see docs/weights.md")
+    print("\nuse: agileir upscale IMAGE --model NAME, or a preset name with --scale (--model agileir-s --scale 4)")
+    print("scores: PSNR-Y (dB) / SSIM-Y with the 'agileir test' protocol (border = scale); see docs/weights.md")
     return 0
 
 
