@@ -153,3 +153,201 @@ def test_user_errors_are_one_line_nonzero_and_leave_no_files(tmp_path, weights, 
     assert not out.exists() or not any(out.iterdir())
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing new, no partial files
     assert _leftovers(tmp_path) == []
+
+
+# --------------------------------------------------------------- checks before any model runs
+
+
+@pytest.fixture()
+def model_must_not_run(monkeypatch):
+    """Any image reaching the model fails the test: the checks must come first."""
+    from agileir.inference.restorer import Restorer
+
+    def boom(self, *args, **kwargs):
+        raise AssertionError("the model ran before the error was reported")
+
+    monkeypatch.setattr(Restorer, "_run", boom)
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error" in line]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("case", ["unwritable", "read_only", "rgba_jpg", "deep_webp", "overlap", "auto_overlap"])
+def test_option_errors_are_reported_before_the_model_runs(tmp_path, weights, capsys, model_must_not_run,
+                                                          monkeypatch, case):
+    _photo(tmp_path / "in" / "a.png")
+    _photo(tmp_path / "in" / "b.png")
+    args = ["upscale", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", str(weights["x2"]), "--quiet"]
+    expected = {"unwritable": "blocker is a file, not a folder", "read_only": "cannot write to",
+                "rgba_jpg": "JPEG cannot hold an alpha channel", "deep_webp": "WEBP cannot hold 16-bit",
+                "overlap": "--tile-overlap 40 must be smaller than --tile 32",
+                "auto_overlap": "lower --tile-overlap"}[case]
+    if case == "unwritable":
+        (tmp_path / "blocker").write_text("a file where the output folder should go")
+        args[3] = str(tmp_path / "blocker" / "sub")
+    elif case == "read_only":  # root passes permission checks, so fail the probe write itself
+        import errno
+        import tempfile
+
+        def refuse(*a, **kw):
+            raise OSError(errno.EROFS, "Read-only file system")
+        monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    elif case == "rgba_jpg":
+        _photo(tmp_path / "in" / "c.png", shape=(12, 16, 4))
+        args += ["--format", "jpg"]
+    elif case == "deep_webp":
+        _photo(tmp_path / "in" / "c.png", dtype=np.uint16)
+        args += ["--format", "webp"]
+    elif case == "overlap":
+        args += ["--tile", "32", "--tile-overlap", "40"]
+    elif case == "auto_overlap":  # the automatic tile is at least 4 windows (16 px here)
+        from agileir.inference import restorer as restorer_mod
+
+        monkeypatch.setattr(restorer_mod, "available_memory_bytes", lambda device: 1)
+        args += ["--tile-overlap", "16"]
+    assert main(args) == 2  # an option error: exit 2, once, not once per image
+    assert expected in _one_error_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_file_name_with_several_inputs_is_refused(tmp_path, weights, capsys, model_must_not_run):
+    _photo(tmp_path / "a.png")
+    _photo(tmp_path / "b.png")
+    rc = main(["upscale", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "big.png"),
+               "--model", str(weights["x2"]), "--quiet"])
+    assert rc == 2
+    assert "names one image file but there are 2 inputs" in _one_error_line(capsys)
+    assert not (tmp_path / "big.png").exists()  # no folder called big.png either
+
+
+def test_output_file_takes_its_extensions_format(tmp_path, weights, capsys):
+    _photo(tmp_path / "a.png")
+    assert main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "big.jpg"), "--model",
+                 str(weights["x2"]), "--quiet"]) == 0
+    assert Image.open(tmp_path / "big.jpg").format == "JPEG"
+    assert main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "big.png"), "--format", "jpg",
+                 "--model", str(weights["x2"]), "--quiet"]) == 2
+    assert "disagree" in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize("case", ["negative_tile", "missing_weights", "missing_weights_dir", "too_small"])
+def test_wording_of_common_mistakes(tmp_path, weights, capsys, model_must_not_run, case):
+    _photo(tmp_path / "ok.png")
+    args = ["upscale", str(tmp_path / "ok.png"), "--model", str(weights["x2"]), "--quiet"]
+    if case == "negative_tile":
+        args += ["--tile", "-8"]
+        expected, rc = "--tile must be positive", 2
+    elif case == "missing_weights":
+        args[3] = "x.safetensors"
+        expected, rc = "weights file not found: x.safetensors", 2
+    elif case == "missing_weights_dir":
+        args[3] = str(tmp_path / "nowhere" / "model")
+        expected, rc = f"weights file not found: {tmp_path / 'nowhere' / 'model'}", 2
+    else:
+        tiny = _photo(tmp_path / "tiny.png", shape=(2, 3, 3))
+        args[1] = str(tiny)
+        expected, rc = f"{tiny}: image 3x2 is too small for this model's 4x4 windows", 1
+    assert main(args) == rc
+    line = _one_error_line(capsys)
+    assert expected in line, line
+    if case == "negative_tile":
+        assert "multiple" not in line.split("must be positive")[0]
+
+
+def test_unsupported_images_in_a_folder_are_named_once_each(tmp_path, weights, capsys):
+    _photo(tmp_path / "in" / "a.png")
+    (tmp_path / "in" / "anim.gif").write_bytes(b"GIF89a")
+    (tmp_path / "in" / "notes.txt").write_text("not an image, not mentioned")
+    assert main(["upscale", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", str(weights["x2"]),
+                 "--quiet"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "anim.gif" in warnings[0] and "unsupported image format '.gif'" in warnings[0]
+
+
+def test_train_without_a_config_says_to_give_one(capsys):
+    assert main(["train"]) == 2
+    line = _one_error_line(capsys)
+    assert "give --config FILE (e.g. configs/quickstart.yaml)" in line and "hr_dir is required" not in line
+
+
+# --------------------------------------------------------------- options of issue 16
+
+
+def test_jpeg_quality_changes_the_file_and_is_range_checked(tmp_path, weights, capsys):
+    _photo(tmp_path / "a.jpg", shape=(32, 32, 3))
+    sizes = {}
+    for q in (20, 95):
+        out = tmp_path / f"q{q}.jpg"
+        assert main(["upscale", str(tmp_path / "a.jpg"), "-o", str(out), "--model", str(weights["x2"]),
+                     "--quiet", "--jpeg-quality", str(q)]) == 0
+        sizes[q] = out.stat().st_size
+    assert sizes[20] < sizes[95]
+    with pytest.raises(SystemExit) as info:
+        main(["upscale", str(tmp_path / "a.jpg"), "--jpeg-quality", "101"])
+    assert info.value.code == 2 and "must be from 1 to 100" in capsys.readouterr().err
+
+
+def test_threads_option_sets_torch_threads_for_the_run_only(tmp_path, weights, monkeypatch, capsys):
+    from agileir.inference.restorer import Restorer
+
+    seen = []
+    run = Restorer._run
+    monkeypatch.setattr(Restorer, "_run", lambda self, *a, **k: seen.append(torch.get_num_threads()) or run(self, *a, **k))
+    _photo(tmp_path / "a.png")
+    before = torch.get_num_threads()
+    other = 2 if before == 1 else 1
+    assert main(["upscale", str(tmp_path / "a.png"), "--model", str(weights["x2"]), "--quiet",
+                 "--threads", str(other)]) == 0
+    assert seen == [other] and torch.get_num_threads() == before
+    assert f"{other} thread" in capsys.readouterr().err
+
+
+def test_default_threads_is_capped_by_the_cpus_this_process_may_use(monkeypatch):
+    import os
+
+    from agileir.cli.upscale import default_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert default_threads() == 1
+
+
+def test_help_lists_the_shipped_weights_per_command_and_no_fp16(capsys, monkeypatch):
+    from agileir.models import zoo
+
+    monkeypatch.setenv("COLUMNS", "400")  # argparse wraps at hyphens otherwise
+
+    with pytest.raises(SystemExit):
+        main(["upscale", "--help"])
+    up = " ".join(capsys.readouterr().out.split())
+    for info in zoo.shipped_info(("sr",)):
+        assert info.name in up
+    assert "fp16" not in up and "shipped: agileir-s x2, x4" in up and "_x<scale>" in up
+    with pytest.raises(SystemExit):
+        main(["restore", "--help"])
+    restore = " ".join(capsys.readouterr().out.split())
+    assert "agileir-s_x2" not in restore and "_x<scale>" not in restore and "_restored" in restore
+    assert "auto (CUDA if available), cpu or cuda" in up and "auto (CUDA if available), cpu or cuda" in restore
+
+
+@pytest.mark.parametrize("content, expected", [(b"", "the file is empty"),
+                                               (b"hello, these are notes\n", "a text file, not a PyTorch checkpoint")])
+def test_a_pth_that_is_no_checkpoint_says_so(tmp_path, capsys, model_must_not_run, content, expected):
+    _photo(tmp_path / "a.png")
+    (tmp_path / "notes.pth").write_bytes(content)
+    assert main(["upscale", str(tmp_path / "a.png"), "--model", str(tmp_path / "notes.pth"), "--quiet"]) == 2
+    assert expected in _one_error_line(capsys)
+
+
+def test_binary_checkpoints_pass_the_text_check(tmp_path, weights):
+    from agileir.cli.upscale import check_model_option
+    from agileir.models.loading import official_state_dict
+
+    model = agileir.load_model(weights["x2"])
+    for name, zipped in (("zip.pth", True), ("legacy.pth", False)):
+        torch.save({"params": official_state_dict(model, img_size=8)}, tmp_path / name,
+                   _use_new_zipfile_serialization=zipped)
+        check_model_option(str(tmp_path / name))  # no error

@@ -93,3 +93,74 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     os.umask(mask)
     path = write_picture(tmp_path / "p.png", _pixels((4, 4), np.uint8))
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's private 0600
+
+
+def _probe_matches_read(path):
+    from agileir.data.formats import probe_picture
+
+    info, pixels = probe_picture(path), read_picture(path).pixels
+    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
+    bits = 16 if pixels.dtype == np.uint16 else 8
+    assert (info.height, info.width, info.channels, info.bits) == (*pixels.shape[:2], channels, bits), path.name
+
+
+@pytest.mark.parametrize("ext", [".png", ".tif"])
+@pytest.mark.parametrize("shape", [(9, 13), (9, 13, 3), (9, 13, 4)])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_probe_tells_what_read_picture_returns_without_decoding(tmp_path, ext, shape, dtype):
+    _probe_matches_read(write_picture(tmp_path / f"x{ext}", _pixels(shape, dtype)))
+
+
+def test_probe_on_pillow_modes_and_orientation(tmp_path):
+    Image.fromarray(_pixels((6, 9, 3), np.uint8)).convert("P").save(tmp_path / "palette.png")
+    pal = Image.fromarray(_pixels((6, 9, 3), np.uint8)).convert("P")
+    pal.info["transparency"] = 0
+    pal.save(tmp_path / "palette_alpha.png", transparency=0)
+    Image.fromarray(_pixels((6, 9, 2), np.uint8), mode="LA").save(tmp_path / "gray_alpha.png")
+    Image.fromarray(_pixels((6, 9), np.uint8)).convert("1").save(tmp_path / "bilevel.bmp")
+    Image.fromarray(_pixels((6, 9, 4), np.uint8)).save(tmp_path / "alpha.webp", lossless=True)
+    rotated = Image.fromarray(_pixels((6, 9, 3), np.uint8))
+    exif = rotated.getexif()
+    exif[0x0112] = 6
+    rotated.save(tmp_path / "portrait.jpg", exif=exif)
+    import png  # 16-bit gray with a tRNS colour: pypng hands back an alpha channel
+
+    with open(tmp_path / "deep_trns.png", "wb") as f:
+        png.Writer(9, 6, greyscale=True, bitdepth=16, transparent=0).write(f, _pixels((6, 9), np.uint16))
+    for path in sorted(tmp_path.iterdir()):
+        _probe_matches_read(path)
+
+
+def test_check_writable_is_the_rule_write_picture_applies(tmp_path):
+    from agileir.data.formats import check_writable
+
+    for fmt in ("JPEG", "WEBP", "BMP"):
+        with pytest.raises(ImageError, match="16-bit"):
+            check_writable(tmp_path / "x", fmt, 3, 16)
+    with pytest.raises(ImageError, match="alpha"):
+        check_writable(tmp_path / "x", "JPEG", 4, 8)
+    for fmt in ("PNG", "TIFF"):
+        check_writable(tmp_path / "x", fmt, 4, 16)
+    check_writable(tmp_path / "x", "WEBP", 4, 8)
+
+
+def test_jpeg_quality_is_passed_through_and_checked(tmp_path):
+    pixels = _pixels((32, 32, 3), np.uint8)
+    low = write_picture(tmp_path / "low.jpg", pixels, quality=10).stat().st_size
+    high = write_picture(tmp_path / "high.jpg", pixels, quality=95).stat().st_size
+    assert low < high
+    with pytest.raises(ImageError, match="quality"):
+        write_picture(tmp_path / "bad.jpg", pixels, quality=0)
+    assert not (tmp_path / "bad.jpg").exists()
+
+
+def test_data_modules_compile_without_escape_warnings():
+    import warnings
+    from pathlib import Path
+
+    import agileir.data
+
+    for source in sorted(Path(agileir.data.__file__).parent.glob("*.py")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # SyntaxWarning (3.12+) / DeprecationWarning (3.11) for "\ "
+            compile(source.read_text(), str(source), "exec")

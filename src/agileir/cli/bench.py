@@ -6,6 +6,7 @@ import argparse
 import csv
 import io
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -24,39 +25,72 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("models", nargs="*", default=["swinir-s", "agileir-s"],
                    help="presets to compare; ratios are second / first (default: swinir-s agileir-s)")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 4, 16], help="batch sizes (default: 1 4 16)")
-    p.add_argument("--patch", type=int, default=64, help="LR training patch size (default 64)")
-    p.add_argument("--scale", type=int, default=2)
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--patch", type=int, default=64, help="LR training patch size (default %(default)s)")
+    p.add_argument("--scale", type=int, default=2, help="upscaling factor of the models (default %(default)s)")
+    p.add_argument("--device", default="cpu",
+                   help="auto (CUDA if available), cpu or cuda (default %(default)s)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="fp32 or bf16 autocast for the training steps and inference (default %(default)s)")
     p.add_argument("--checkpoint", action="store_true", help="gradient checkpointing per block, for every model")
-    p.add_argument("--infer-size", type=int, default=256)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--infer-size", type=int, default=256,
+                   help="side of the square input for the inference timing (default %(default)s)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed repetitions per figure, the median is reported (default %(default)s)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs before timing (default %(default)s)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice); 1 gives steadier ratios on a busy machine")
     p.add_argument("--no-peak", action="store_true", help="skip the fresh-process peak-memory measurement")
-    p.add_argument("--out", type=Path, default=None, help="folder for bench.csv, bench.json and bench.png")
+    p.add_argument("--out", type=Path, default=None, help="folder for bench.csv, bench.json and bench.png (default: none, the table is only printed)")
     p.set_defaults(func=run)
+
+
+# Peak RAM of the default `agileir bench` (swinir-s and agileir-s, LR patch 64, batches 1 4 16,
+# CPU fp32) as measured on the project's machine: about 11.8 GB, set by the batch-16 SwinIR
+# training step (10,725 MiB for that step alone in a fresh process, docs/performance.md).
+# The note below scales it by batch x patch area; it is a warning, not a measurement.
+_DEFAULT_BATCH16_GB = 11.8
+
+
+def memory_note(batches: list[int], patch: int, device: str, models: list[str]) -> str | None:
+    """One line about the memory the training census will need, when it runs batch 16 or more.
+
+    Cheap on purpose (no model is built): the measured peak of the default run, scaled by batch
+    and patch area; larger presets than the S ones need more.
+    """
+    batch = max(batches)
+    estimate = _DEFAULT_BATCH16_GB * (batch / 16) * (patch / 64) ** 2
+    if batch < 16 or estimate < 1:
+        return None
+    where = "GPU memory" if device.startswith("cuda") else "RAM"
+    small = all(m.split(":")[0].lower() in ("swinir-s", "agileir-s") for m in models)
+    size = f"about {estimate:.0f} GB" if small else f"more than {estimate:.0f} GB (larger than the S presets)"
+    return (f"agileir: note: the batch-{batch} training steps need {size} of {where} at LR patch {patch}; "
+            f"use --batch 1 4 (or a smaller --patch) for a lighter run")
 
 
 def run(args: argparse.Namespace) -> int:
     from agileir.engine.benchmark import Variant, format_table, ratio_rows, rows_as_dicts, run_benchmark
     from agileir.fileio import atomic_path, atomic_write_text
 
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise AgileIRError("--device cuda was asked for but torch sees no CUDA device")
+    from agileir.runtime import resolve_device
+
     if len(args.models) < 1:
         raise AgileIRError("name at least one model")
+    args.device = str(resolve_device(args.device))  # auto -> cpu/cuda; cuda without CUDA is an error
     if args.threads:
         torch.set_num_threads(args.threads)
     variants = [Variant.parse(m, args.scale, args.checkpoint) for m in args.models]
     for v in variants:
         v.build(torch.device("meta"))  # fail fast on unknown presets / options
+    note = memory_note(args.batch, args.patch, args.device, args.models)
+    if note:
+        print(note, file=sys.stderr, flush=True)
+    # progress lines go to stderr, so stdout holds only the results (pipe- and file-friendly)
     rows = run_benchmark(variants, sorted(set(args.batch)), patch=args.patch, device=args.device,
                          precision=args.precision, infer_size=args.infer_size, repeats=args.repeats,
-                         warmup=args.warmup, measure_peak=not args.no_peak, threads=args.threads)
+                         warmup=args.warmup, measure_peak=not args.no_peak, threads=args.threads,
+                         progress=lambda line: print(line, file=sys.stderr, flush=True))
     base, other = args.models[0], args.models[-1]
-    print()
     print(f"{args.device} {args.precision}, x{args.scale}, LR patch {args.patch}, checkpointing "
           f"{'on' if args.checkpoint else 'off'}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(format_table(rows, base, other))
@@ -73,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
             with atomic_path(args.out / "bench.png") as tmp:
                 plot(rows, tmp, title=f"{args.device} {args.precision}, LR patch {args.patch}")
         except ImportError:
-            print("(matplotlib is not installed: no plot; pip install 'agileir[bench]')")
+            print("agileir: note: matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr)
         print(f"wrote {args.out}/bench.json, bench.csv" + (", bench.png" if (args.out / "bench.png").exists() else ""))
     return 0
 

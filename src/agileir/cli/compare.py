@@ -14,13 +14,18 @@ from agileir.models.presets import build_model
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="build two presets side by side and compare size, compute and memory",
                        description="Build models (random weights) and print parameters, multiply-adds for a "
-                                   "1280x720 output, activation memory held for backward on one training patch, "
-                                   "and CPU inference time.")
-    p.add_argument("models", nargs="*", default=["swinir-s", "agileir-s"], help="presets (default: swinir-s agileir-s)")
-    p.add_argument("--scale", type=int, default=2)
-    p.add_argument("--patch", type=int, default=64, help="LR training patch for the memory census (default 64)")
-    p.add_argument("--infer-size", type=int, default=96, help="square input for the timing (default 96)")
-    p.add_argument("--repeats", type=int, default=3)
+                                   "1280x720 output, activation memory held for backward on one training patch "
+                                   "(each preset's default training path: lean recompute for AgileIR), and CPU "
+                                   "inference time. Runs on the CPU.")
+    p.add_argument("models", nargs="*", default=["swinir-s", "agileir-s"],
+                   help="presets; ratios are second / first (default: swinir-s agileir-s)")
+    p.add_argument("--scale", type=int, default=2, help="upscaling factor of the models (default %(default)s)")
+    p.add_argument("--patch", type=int, default=64,
+                   help="LR training patch for the memory census (default %(default)s)")
+    p.add_argument("--infer-size", type=int, default=96,
+                   help="side of the square input for the CPU inference timing (default %(default)s)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed repetitions after one warm-up, the median is printed (default %(default)s)")
     p.set_defaults(func=run)
 
 

@@ -42,7 +42,11 @@ def run(args: argparse.Namespace) -> int:
     from agileir.engine.builders import task_of
     from agileir.engine.config import dump_config, load_config
     from agileir.engine.train import train
+    from agileir.errors import ConfigError
 
+    if args.config is None and not args.print_config and not any(o.startswith("data.") for o in args.overrides):
+        raise ConfigError("give --config FILE (e.g. configs/quickstart.yaml), or the data with "
+                          "data.train.hr_dir=FOLDER overrides")
     config = load_config(args.config, args.overrides)
     if args.print_config:
         sys.stdout.write(dump_config(config))

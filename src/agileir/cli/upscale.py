@@ -2,66 +2,167 @@
 
 Both run the same pipeline (:class:`~agileir.inference.restorer.Restorer`); ``upscale`` expects a
 super-resolution model, ``restore`` a denoising or JPEG model. Outputs are written atomically,
-inputs are never overwritten, existing outputs are skipped unless ``--overwrite``; a file that
-cannot be read or written is reported in one line and the others still run (exit status 1).
+inputs are never overwritten, existing outputs are skipped unless ``--overwrite``.
+
+Everything that can be checked before the model runs is checked first, from the options and
+the files' headers: option values, the weights, where each output goes and that the folder is
+writable, and that each output format can hold its image (alpha, 16 bits). Option mistakes stop
+the run there (exit 2); an input that cannot be read or is too small for the model is reported
+in one line and the others still run (exit status 1).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from agileir.errors import AgileIRError, ConfigError, ImageError
+from agileir.errors import AgileIRError, ConfigError, ImageError, ModelLoadError
 
 DEFAULT_MODEL = "agileir-s"
+DEVICE_HELP = "auto (CUDA if available), cpu or cuda"
+WEIGHTS_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
+SR_TASKS, RESTORE_TASKS = ("sr",), ("denoise", "jpeg")
+
+
+def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
+    """argparse type: an integer in [low, high], else a one-line usage error (exit 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            span = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {span}, got {value}")
+        return value
+    return parse
+
+
+def _shipped_names(tasks: tuple[str, ...]) -> list[str]:
+    """Shipped weights for these tasks, for help texts; never fails (help must always print)."""
+    from agileir.models import zoo
+
+    try:
+        return [i.name for i in zoo.shipped_info(tasks)]
+    except AgileIRError:
+        return list(zoo.shipped_weights()) if "sr" in tasks else []
+
+
+def _scales_help() -> str:
+    from agileir.models import zoo
+
+    try:
+        shipped = zoo.shipped_scales(SR_TASKS)
+    except AgileIRError:
+        shipped = {}
+    listed = "; ".join(f"{preset} x{', x'.join(map(str, scales))}" for preset, scales in shipped.items())
+    return ("upscaling factor: any the weights support (default: the weights' own, or 2 with a preset name); "
+            f"shipped: {listed or 'none'}")
+
+
+def default_threads() -> int:
+    """torch's own default thread count, capped by the CPUs this process may run on.
+
+    Why: torch counts the machine's cores, not the ones a container or ``taskset`` leaves this
+    process; more threads than those cores stall on OpenMP barriers.
+    """
+    import torch
+
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(torch.get_num_threads(), cpus))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     up = sub.add_parser("upscale", help="upscale image files (super-resolution)",
                         description="Upscale images with shipped AgileIR weights (default) or a weights file. "
-                                    "Writes NAME_x<scale>.<ext> beside each input unless -o is given.")
-    _common(up, default_model=DEFAULT_MODEL)
-    up.add_argument("--scale", type=int, choices=(2, 3, 4, 8), default=None,
-                    help="upscaling factor (default: the weights' own, or 2 for a shipped model name)")
+                                    "Writes NAME_x<scale>.<ext> beside each input unless -o is given. "
+                                    "'agileir models' lists the shipped weights.")
+    sr_names = _shipped_names(SR_TASKS)
+    presets = sorted({name.rsplit("_x", 1)[0] for name in sr_names})
+    _common(up, default_model=DEFAULT_MODEL,
+            model_help=f"shipped weights ({', '.join(sr_names) or 'none'}; see 'agileir models'), a preset name "
+                       f"with --scale ({', '.join(presets) or 'none shipped'}), or a super-resolution weights file "
+                       f"(.safetensors, official SwinIR .pth); default {DEFAULT_MODEL}",
+            suffix_help="appended to output names (default _x<scale>, e.g. _x2)")
+    up.add_argument("--scale", type=_int_in(1), default=None, help=_scales_help())
     up.set_defaults(func=run, command_kind="sr")
+    re_names = _shipped_names(RESTORE_TASKS)
+    shipped = (f"shipped: {', '.join(re_names)}" if re_names else
+               "none ship with agileir ('agileir models' lists what does)")
     re = sub.add_parser("restore", help="denoise or remove JPEG artefacts from image files",
-                        description="Restore images with a denoising or JPEG-artefact model (weights file).")
-    _common(re, default_model=None)
+                        description="Restore images with a denoising or JPEG-artefact model (weights file). "
+                                    "Writes NAME_restored.<ext> beside each input unless -o is given.")
+    _common(re, default_model=None,
+            model_help="a denoising or JPEG-artefact weights file (.safetensors, official SwinIR .pth); "
+                       f"{shipped}",
+            suffix_help="appended to output names (default _restored)")
     re.set_defaults(func=run, command_kind="restore", scale=None)
 
 
-def _common(p: argparse.ArgumentParser, default_model: str | None) -> None:
+def _common(p: argparse.ArgumentParser, default_model: str | None, model_help: str, suffix_help: str) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
     p.add_argument("-o", "--output", default=None,
                    help="output folder (or a file name for a single input); default: beside each input")
-    p.add_argument("--model", default=default_model, required=default_model is None,
-                   help="shipped weights (agileir-s, agileir-s_x4) or a weights file (.safetensors, SwinIR .pth)"
-                   + (f"; default {default_model}" if default_model else ""))
+    p.add_argument("--model", default=default_model, required=default_model is None, help=model_help)
     p.add_argument("--tile", default="auto",
-                   help="tile side in input pixels (a window multiple), 'auto' (from free memory, default) or 0 "
-                        "(whole image)")
-    p.add_argument("--tile-overlap", type=int, default=32, help="tile overlap in input pixels (default 32)")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                   help="fp32 (default) or bf16 autocast; fp16 is refused for these models")
+                   help="tile side in input pixels (a multiple of the model's window), 'auto' (from free memory, "
+                        "default) or 0 (whole image)")
+    p.add_argument("--tile-overlap", type=_int_in(0), default=32,
+                   help="tile overlap in input pixels, smaller than the tile (default %(default)s)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="fp32 (default) or bf16 autocast")
     p.add_argument("--self-ensemble", action="store_true", help="average 8 flips/rotations (8x slower)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default %(default)s)")
+    p.add_argument("--threads", type=_int_in(1), default=None, metavar="N",
+                   help="CPU threads for torch (default: torch's default, at most the CPUs this process may use); "
+                        "fewer than the cores when another job shares the machine")
     p.add_argument("--format", choices=("auto", "png", "jpg", "webp", "tif", "bmp"), default="auto",
-                   help="output format (default: the input's)")
-    p.add_argument("--suffix", default=None, help="appended to output names (default _x<scale> or _restored)")
+                   help="output format (default: the input's, or the -o file's extension)")
+    p.add_argument("--jpeg-quality", type=_int_in(1, 100), default=95, metavar="Q",
+                   help="quality of JPEG and WebP outputs, 1-100 (default %(default)s)")
+    p.add_argument("--suffix", default=None, help=suffix_help)
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (never the inputs)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def collect_inputs(items: list[str]) -> list[Path]:
-    """Image files named directly or found (non-recursively) in folders, in order, without repeats."""
+def _warn(message: str) -> None:
+    print(f"agileir: warning: {message}", file=sys.stderr)
+
+
+def _looks_like_image(path: Path) -> bool:
+    import mimetypes
+
+    kind = mimetypes.guess_type(path.name)[0] or ""
+    return kind.startswith("image/") or path.suffix.lower() in (".heic", ".heif", ".avif", ".jxl", ".dng")
+
+
+def collect_inputs(items: list[str], warn: Callable[[str], None] | None = _warn) -> list[Path]:
+    """Image files named directly or found (non-recursively) in folders, in order, without repeats.
+
+    Image-like files in a folder that agileir cannot read (``.gif``, ``.heic``, ...) are passed
+    over with one ``warn`` line each; other files (text, sidecars) silently.
+    """
     from agileir.data.formats import FORMATS, image_format, is_supported
 
     files: list[Path] = []
     for item in items:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and is_supported(f))
+            entries = sorted(f for f in p.iterdir() if f.is_file())
+            found = [f for f in entries if is_supported(f)]
+            if warn is not None:
+                for f in entries:
+                    if not is_supported(f) and _looks_like_image(f):
+                        warn(f"{f}: skipped, unsupported image format {f.suffix.lower()!r} "
+                             f"(supported: {', '.join(sorted(FORMATS))})")
             if not found:
                 raise ImageError(f"{p}: no images found (looked for {', '.join(sorted(FORMATS))})")
             files.extend(found)
@@ -77,7 +178,11 @@ def collect_inputs(items: list[str]) -> list[Path]:
 
 
 def output_paths(inputs: list[Path], output: str | None, suffix: str, fmt: str) -> list[Path]:
-    """Where each result goes; refuses any plan that would overwrite an input or collide."""
+    """Where each result goes; refuses any plan that would overwrite an input or collide.
+
+    ``-o NAME.png`` is one output file for one input; with several inputs it is refused rather
+    than taken as a folder called ``NAME.png``.
+    """
     from agileir.data.formats import FORMATS
 
     def name(src: Path) -> str:
@@ -85,9 +190,13 @@ def output_paths(inputs: list[Path], output: str | None, suffix: str, fmt: str) 
         return f"{src.stem}{suffix}{ext}"
 
     out_arg = Path(output) if output else None
-    single_file = (out_arg is not None and len(inputs) == 1 and out_arg.suffix.lower() in FORMATS
-                   and not out_arg.is_dir())
-    if single_file:
+    names_a_file = out_arg is not None and out_arg.suffix.lower() in FORMATS and not out_arg.is_dir()
+    if names_a_file and len(inputs) > 1:
+        raise ConfigError(f"-o {out_arg} names one image file but there are {len(inputs)} inputs; "
+                          f"give a folder (e.g. -o {out_arg.with_suffix('')}/)")
+    if names_a_file:
+        if fmt != "auto" and FORMATS[out_arg.suffix.lower()] != FORMATS["." + fmt]:
+            raise ConfigError(f"-o {out_arg} and --format {fmt} disagree; change one of them")
         targets = [out_arg]
     elif out_arg is not None:
         if out_arg.exists() and not out_arg.is_dir():
@@ -107,10 +216,77 @@ def output_paths(inputs: list[Path], output: str | None, suffix: str, fmt: str) 
     return targets
 
 
-def _load(args: argparse.Namespace):
+def check_folder_writable(folder: Path) -> None:
+    """:class:`ConfigError` unless files can be created in ``folder`` (or where it would be made).
+
+    Why a real probe (a temporary file, removed at once) rather than ``os.access``: root passes
+    every permission check, and a read-only file system or a full disk only shows on a write.
+    """
+    base = folder
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise ConfigError(f"cannot write to {folder}: {base} is a file, not a folder; choose another -o")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".agileir-write-test-", dir=base)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"cannot write to {folder} ({exc.strerror or exc}); choose another -o folder") from None
+
+
+def parse_tile_option(text: str) -> int | str | None:
+    """``--tile``: 'auto', 0 (whole image, returned as None) or a positive number of pixels."""
+    if text == "auto":
+        return "auto"
+    try:
+        side = int(text)
+    except ValueError:
+        raise ConfigError(f"--tile must be 'auto', 0 (whole image) or a number of pixels, got {text!r}") from None
+    if side < 0:
+        raise ConfigError(f"--tile must be positive (a multiple of the model's window), 'auto' or 0, got {side}")
+    return side or None
+
+
+def check_model_option(spec: str) -> None:
+    """A ``--model`` that names a file (weights suffix or a path separator) must exist."""
+    from agileir.models import zoo
+    from agileir.models.presets import PRESETS
+
+    if zoo.find_weights(spec) is not None or spec.lower() in PRESETS:
+        return
+    path = Path(spec)
+    looks_like_path = path.suffix.lower() in WEIGHTS_SUFFIXES or "/" in spec or os.sep in spec
+    if looks_like_path and not path.exists():
+        raise ModelLoadError(f"weights file not found: {spec}")
+    if path.is_dir():
+        raise ModelLoadError(f"--model {spec} is a folder; give a weights file (.safetensors, SwinIR .pth)")
+    if path.is_file() and path.suffix.lower() != ".safetensors":
+        _check_torch_file(path)
+
+
+def _check_torch_file(path: Path) -> None:
+    """An empty or plain-text file given as ``.pth`` gets a plain message, not torch.load's
+    (a text file makes it raise ``KeyError: '101'``). A torch.save file is a zip archive or a
+    binary pickle: both have bytes below 0x09 (or invalid UTF-8) within their first bytes."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head:
+        raise ModelLoadError(f"{path}: the file is empty, not a PyTorch checkpoint")
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return
+    if all(ch >= "\t" for ch in text):
+        raise ModelLoadError(f"{path}: a text file, not a PyTorch checkpoint (give an official SwinIR .pth "
+                             f"or an agileir .safetensors file)")
+
+
+def _load(args: argparse.Namespace, tile: int | str | None):
     from agileir.inference.restorer import Restorer
     from agileir.models.registry import resolve_model
 
+    check_model_option(str(args.model))
     # upscale: shipped SR weights by name, or a file; restore: weights of any other task
     model = resolve_model(args.model, args.scale) if args.command_kind == "sr" else resolve_model(args.model)
     task = model.config.task
@@ -118,59 +294,147 @@ def _load(args: argparse.Namespace):
         raise ConfigError(f"{args.model} is a {task} model, not super-resolution; use 'agileir restore'")
     if args.command_kind == "restore" and task == "sr":
         raise ConfigError(f"{args.model} is a super-resolution model; use 'agileir upscale'")
-    return Restorer(model, device=args.device, precision=args.precision, tile=args.tile,
+    return Restorer(model, device=args.device, precision=args.precision, tile=tile,
                     tile_overlap=args.tile_overlap, self_ensemble=args.self_ensemble)
 
 
+@dataclass
+class Job:
+    """One image to restore, after every check that needs no model run."""
+
+    src: Path
+    dst: Path
+    fmt: str  # Pillow format name of the output
+    width: int
+    height: int
+
+
+def too_small(width: int, height: int, window: int) -> bool:
+    """The network pads each side to a window multiple by reflection, which needs more pixels
+    than padding (the rule of ``RestorationTransformer.pad_to_window``)."""
+    return (-height) % window >= height or (-width) % window >= width
+
+
+def plan_jobs(restorer, inputs: list[Path], targets: list[Path], overwrite: bool,
+              report: Callable[[str], None]) -> tuple[list[Job], int, int]:
+    """Check every input against the options before any model runs.
+
+    Returns the jobs to run, how many inputs were skipped (output exists) and how many failed
+    (unreadable, too small: reported through ``report``). Raises :class:`ConfigError` for what
+    no input could get past: an output format that cannot hold the image, a tile overlap as
+    large as the automatic tile, an output folder that cannot be written.
+    """
+    from agileir.data.formats import check_writable, image_format, probe_picture
+
+    window = restorer.config.window_size
+    jobs: list[Job] = []
+    skipped = failed = 0
+    for src, dst in zip(inputs, targets):
+        if dst.exists() and not overwrite:
+            report(f"agileir: {dst} exists, skipped (use --overwrite)")
+            skipped += 1
+            continue
+        try:
+            info = probe_picture(src)
+        except ImageError as exc:
+            report(f"agileir: error: {exc}")
+            failed += 1
+            continue
+        fmt = image_format(dst)
+        try:
+            check_writable(src, fmt, info.channels, info.bits)
+        except ImageError as exc:
+            raise ConfigError(str(exc)) from None
+        if too_small(info.width, info.height, window):
+            report(f"agileir: error: {src}: image {info.width}x{info.height} is too small for this model's "
+                   f"{window}x{window} windows; use images at least {window // 2 + 1} pixels on each side")
+            failed += 1
+            continue
+        try:
+            restorer.progress_total(info.height, info.width)  # the automatic tile against the overlap
+        except ConfigError as exc:
+            raise ConfigError(f"{src}: {exc}; lower --tile-overlap or give --tile") from None
+        jobs.append(Job(src, dst, fmt, info.width, info.height))
+    for folder in dict.fromkeys(job.dst.parent for job in jobs):
+        check_folder_writable(folder)
+    return jobs, skipped, failed
+
+
+def _bar_callback(bar, passes: int) -> Callable[[int, int], None]:
+    """A progress callback that moves ``bar`` to ``done`` of ``total`` (and names the pass)."""
+    def update(done: int, total: int) -> None:
+        if bar.total != total:  # e.g. a whole-image pass that fell back to tiles
+            bar.total = total
+        if passes > 1:
+            current = min((done - 1) * passes // total + 1, passes)
+            bar.set_postfix_str(f"pass {current}/{passes}", refresh=False)
+        if done >= bar.n:
+            bar.update(done - bar.n)
+        else:
+            bar.n = done
+            bar.refresh()
+    return update
+
+
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    tile = parse_tile_option(str(args.tile))
+    if isinstance(tile, int) and args.tile_overlap >= tile:
+        raise ConfigError(f"--tile-overlap {args.tile_overlap} must be smaller than --tile {tile}")
+    inputs = collect_inputs(args.inputs)
+    saved_threads = torch.get_num_threads()
+    threads = args.threads or default_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _run(args, tile, inputs, threads)
+    finally:
+        torch.set_num_threads(saved_threads)  # main() may be called in-process (tests, scripts)
+
+
+def _run(args: argparse.Namespace, tile: int | str | None, inputs: list[Path], threads: int) -> int:
     from tqdm import tqdm
 
-    from agileir.data.formats import FORMATS, read_picture, write_picture
+    from agileir.data.formats import read_picture, write_picture
 
-    inputs = collect_inputs(args.inputs)
-    restorer = _load(args)
+    restorer = _load(args, tile)
     s = restorer.scale
     suffix = args.suffix if args.suffix is not None else (f"_x{s}" if args.command_kind == "sr" else "_restored")
     targets = output_paths(inputs, args.output, suffix, args.format)
-    quiet = args.quiet or not sys.stderr.isatty()
     cfg = restorer.config
+    where = f"{restorer.device}" + (f", {threads} thread{'s' if threads > 1 else ''}" if restorer.device.type == "cpu" else "")
     print(f"agileir: {Path(args.model).stem if Path(args.model).suffix else args.model} "
-          f"({cfg.attention}, {cfg.task} x{cfg.scale}) on {restorer.device}, {len(inputs)} image(s)",
-          file=sys.stderr)
-    failures = written = skipped = 0
-    bar = tqdm(total=len(inputs), unit="img", disable=quiet, dynamic_ncols=True)
-    tiles = tqdm(total=0, unit="tile", leave=False, disable=quiet, dynamic_ncols=True, position=1)
-
-    def tile_progress(done: int, total: int) -> None:
-        if tiles.total != total:
-            tiles.reset(total=total)
-        tiles.n = done
-        tiles.refresh()
-
-    for src, dst in zip(inputs, targets):
-        bar.set_postfix_str(src.name)
-        if dst.exists() and not args.overwrite:
-            tqdm.write(f"agileir: {dst} exists, skipped (use --overwrite)", file=sys.stderr)
-            skipped += 1
-            bar.update(1)
-            continue
+          f"({cfg.attention}, {cfg.task} x{cfg.scale}) on {where}, {len(inputs)} image(s)", file=sys.stderr)
+    report = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    jobs, skipped, failures = plan_jobs(restorer, inputs, targets, args.overwrite, report)
+    quiet = args.quiet or not sys.stderr.isatty()
+    passes = 8 if args.self_ensemble else 1
+    written = 0
+    for i, job in enumerate(jobs, start=1):
         try:
-            picture = read_picture(src)
-            fmt = picture.format if args.format == "auto" else FORMATS["." + args.format]
-            result = restorer.restore_array(picture.pixels, progress=tile_progress)
-            write_picture(dst, result, fmt)
+            picture = read_picture(job.src)
+            total = restorer.progress_total(*picture.pixels.shape[:2])
+            tiled = restorer.tile_for(*picture.pixels.shape[:2]) is not None
+            bar = tqdm(total=total, desc=f"{i}/{len(jobs)} {job.src.name}", unit="tile" if tiled else "block",
+                       disable=quiet, dynamic_ncols=True, smoothing=0, leave=True)
+            try:
+                result = restorer.restore_array(picture.pixels, progress=_bar_callback(bar, passes))
+            finally:
+                bar.close()
+            write_picture(job.dst, result, job.fmt, quality=args.jpeg_quality)
             written += 1
         except AgileIRError as exc:
-            tqdm.write(f"agileir: error: {exc}", file=sys.stderr)
+            message = str(exc)
+            if str(job.src) not in message and str(job.dst) not in message:
+                message = f"{job.src}: {message}"
+            report(f"agileir: error: {message}")
             failures += 1
-        bar.update(1)
-    tiles.close()
-    bar.close()
     summary = f"agileir: {written} written, {skipped} skipped, {failures} failed"
     if len(inputs) == 1 and written == 1:
-        summary = f"agileir: wrote {targets[0]}"
+        summary = f"agileir: wrote {jobs[0].dst}"
     print(summary, file=sys.stderr)
     return 1 if failures else 0
 
 
-__all__ = ["register", "run", "collect_inputs", "output_paths"]
+__all__ = ["register", "run", "collect_inputs", "output_paths", "check_folder_writable", "check_model_option",
+           "parse_tile_option", "plan_jobs", "default_threads", "Job"]

@@ -38,6 +38,21 @@ class Picture:
     format: str  # Pillow format name (PNG, JPEG, ...)
 
 
+@dataclass(frozen=True)
+class PictureInfo:
+    """What :func:`read_picture` will return for a file, learnt from its header alone.
+
+    Why: a command can check every input against its options (output format, model window)
+    before the first image spends minutes in the model.
+    """
+
+    width: int  # upright (EXIF orientation applied), like read_picture's pixels
+    height: int
+    channels: int  # 1, 3 or 4 (alpha)
+    bits: int  # 8 or 16
+    format: str  # Pillow format name
+
+
 def image_format(path: str | os.PathLike) -> str:
     """Pillow format name for the file's extension; :class:`ImageError` for unsupported ones."""
     ext = Path(path).suffix.lower()
@@ -129,6 +144,95 @@ def _read_pillow(path: Path) -> np.ndarray:
     return orient(np.ascontiguousarray(arr), orientation)
 
 
+def _pillow_layout(mode: str, info: dict) -> tuple[int, int]:
+    """(channels, bits) that :func:`_read_pillow` makes of an image of this Pillow mode."""
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        return 1, 16
+    if mode in ("L", "1"):
+        return 1, 8
+    if mode == "RGBA" or mode in ("LA", "PA") or (mode == "P" and "transparency" in info):
+        return 4, 8
+    return 3, 8
+
+
+def _png16_channels(path: Path) -> int:
+    """Channels :func:`_read_png16` gives: from IHDR's colour type, plus alpha from a tRNS chunk."""
+    with open(path, "rb") as f:
+        head = f.read(33)
+        colour = head[25]
+        has_trns = False
+        f.seek(8)
+        while True:  # chunk headers up to the first IDAT: length, type
+            chunk = f.read(8)
+            if len(chunk) < 8 or chunk[4:] == b"IDAT":
+                break
+            if chunk[4:] == b"tRNS":
+                has_trns = True
+            f.seek(int.from_bytes(chunk[:4], "big") + 4, os.SEEK_CUR)
+    base = {0: 1, 2: 3, 4: 2, 6: 4}.get(colour)
+    if base is None:
+        raise ImageError(f"{path}: cannot read image (16-bit PNG with colour type {colour})")
+    planes = base + (1 if has_trns and base in (1, 3) else 0)
+    return {1: 1, 2: 4, 3: 3, 4: 4}[planes]
+
+
+def _tiff_info(path: Path) -> tuple[int, int, int, int, int]:
+    """(height, width, channels, bits, orientation) of the first page, as :func:`_read_tiff` reads it."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(str(path)) as tif:
+            page = tif.pages[0]
+            shape, dtype = tuple(page.shape), np.dtype(page.dtype)
+            tag = page.tags.get(274)
+            orientation = int(tag.value) if tag is not None else 1
+    except Exception as exc:  # tifffile raises several types for corrupt files
+        raise ImageError(f"{path}: cannot read image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    if len(shape) == 3 and shape[0] in (3, 4) and shape[2] not in (3, 4):
+        shape = (shape[1], shape[2], shape[0])  # planar storage
+    if dtype not in (np.uint8, np.uint16) or len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] not in (1, 3, 4)):
+        raise ImageError(f"{path}: unsupported TIFF layout {shape} {dtype} (8/16-bit gray, RGB or RGBA expected)")
+    channels = 1 if len(shape) == 2 else shape[2]
+    return shape[0], shape[1], channels, 8 * dtype.itemsize, orientation
+
+
+def probe_picture(path: str | os.PathLike) -> PictureInfo:
+    """Size, channels and bit depth :func:`read_picture` would give, from the header only (cheap).
+
+    A file whose header reads but whose pixels are corrupt passes here and fails in
+    :func:`read_picture`; :class:`ImageError` with one line for anything else.
+    """
+    p = Path(path)
+    fmt = image_format(p)
+    if not p.is_file():
+        raise ImageError(f"{p}: no such image file")
+    with read_errors(p):
+        if fmt == "TIFF":
+            height, width, channels, bits, orientation = _tiff_info(p)
+        else:
+            with Image.open(p) as im:
+                width, height = im.size
+                orientation = im.getexif().get(_ORIENTATION_TAG, 1)
+                if fmt == "PNG" and _png_bit_depth(p) == 16:
+                    channels, bits = _png16_channels(p), 16
+                else:
+                    channels, bits = _pillow_layout(im.mode, im.info)
+    if int(orientation) in (5, 6, 7, 8):  # a quarter turn: upright width is the stored height
+        width, height = height, width
+    return PictureInfo(width, height, channels, bits, fmt)
+
+
+def check_writable(path: str | os.PathLike, fmt: str, channels: int, bits: int) -> None:
+    """:class:`ImageError` when format ``fmt`` cannot hold ``channels``/``bits`` (e.g. alpha in JPEG).
+
+    The same rule :func:`write_picture` applies, callable before the pixels exist.
+    """
+    if bits == 16 and fmt in _EIGHT_BIT_ONLY:
+        raise ImageError(f"{path}: {fmt} cannot hold 16-bit images; write PNG or TIFF (--format png)")
+    if channels == 4 and fmt == "JPEG":
+        raise ImageError(f"{path}: JPEG cannot hold an alpha channel; write PNG, WebP or TIFF (--format png)")
+
+
 def read_picture(path: str | os.PathLike) -> Picture:
     """Read an image file for restoration; :class:`ImageError` with one line if it cannot be read."""
     p = Path(path)
@@ -160,16 +264,16 @@ def write_picture(path: str | os.PathLike, pixels: np.ndarray, fmt: str | None =
     """Write ``pixels`` atomically (temporary file, then rename): a failure leaves no partial file.
 
     ``fmt`` defaults to the extension's format. 16-bit and alpha are kept where the format holds
-    them; asking JPEG/WebP/BMP for 16 bits or JPEG for alpha is an :class:`ImageError`.
+    them; asking JPEG/WebP/BMP for 16 bits or JPEG for alpha is an :class:`ImageError`
+    (:func:`check_writable`). ``quality`` (1-100) is the JPEG and WebP quality.
     """
     p = Path(path)
     fmt = fmt or image_format(p)
     arr = np.ascontiguousarray(pixels)
     alpha = arr.ndim == 3 and arr.shape[2] == 4
-    if arr.dtype == np.uint16 and fmt in _EIGHT_BIT_ONLY:
-        raise ImageError(f"{p}: {fmt} cannot hold 16-bit images; write PNG or TIFF (--format png)")
-    if alpha and fmt == "JPEG":
-        raise ImageError(f"{p}: JPEG cannot hold an alpha channel; write PNG, WebP or TIFF (--format png)")
+    check_writable(p, fmt, 4 if alpha else 1, 16 if arr.dtype == np.uint16 else 8)
+    if not 1 <= int(quality) <= 100:
+        raise ImageError(f"{p}: quality must be 1-100, got {quality}")
     if arr.dtype not in (np.uint8, np.uint16):
         raise ImageError(f"{p}: only uint8/uint16 pixels can be written, got {arr.dtype}")
     try:
@@ -194,4 +298,5 @@ def write_picture(path: str | os.PathLike, pixels: np.ndarray, fmt: str | None =
     return p
 
 
-__all__ = ["FORMATS", "Picture", "image_format", "is_supported", "orient", "read_picture", "write_picture"]
+__all__ = ["FORMATS", "Picture", "PictureInfo", "image_format", "is_supported", "orient", "probe_picture",
+           "check_writable", "read_picture", "write_picture"]

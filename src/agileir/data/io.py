@@ -31,7 +31,7 @@ def is_image_file(path: str | os.PathLike) -> bool:
 
 @contextlib.contextmanager
 def read_errors(path: str | os.PathLike) -> Iterator[None]:
-    """Turn the ways a decoder fails on a bad file into one-line :class:`ImageError`\ s."""
+    """Turn the ways a decoder fails on a bad file into one-line :class:`ImageError` exceptions."""
     try:
         yield
     except ImageError:

@@ -8,6 +8,7 @@ memory available) and the optional x8 self-ensemble, around one model.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from typing import Any, Union
@@ -17,8 +18,8 @@ import torch
 from PIL import Image
 
 from agileir.errors import ConfigError, ImageError
-from agileir.inference.ensemble import self_ensemble
-from agileir.inference.tiling import DEFAULT_OVERLAP, Progress, check_overlap, check_tile, run_model
+from agileir.inference.ensemble import TRANSFORMS, self_ensemble
+from agileir.inference.tiling import DEFAULT_OVERLAP, Progress, check_overlap, check_tile, run_model, tile_starts
 from agileir.runtime import PRECISIONS, autocast, check_precision, resolve_device
 
 ImageLike = Union[np.ndarray, Image.Image, torch.Tensor]
@@ -86,6 +87,81 @@ def parse_tile(tile: int | str | None) -> int | str | None:
     return side or None
 
 
+class _PassProgress:
+    """Turns per-pass progress into one count over all passes of an image.
+
+    Why: with the x8 self-ensemble the tiled runner reports ``tiles done / tiles`` eight times
+    over; a user wants one count that goes from 0 to ``tiles x passes``. In whole-image mode the
+    model is one call, so its transformer blocks report instead, through forward hooks
+    (``blocks done / blocks`` per pass). Once a pass reports tiles (the whole-image pass fell
+    back to tiles on out-of-memory), its block reports are ignored, so the two never mix; the
+    total then changes once, to the tiles' count.
+    """
+
+    def __init__(self, callback: Progress, passes: int) -> None:
+        self.callback, self.passes = callback, passes
+        self.index = -1
+        self.tiled = self.reported = False
+
+    def start_pass(self) -> None:
+        self.index += 1
+        self.tiled = self.reported = False
+
+    def tiles(self, done: int, total: int) -> None:
+        self.tiled = True
+        self._emit(done, total)
+
+    def blocks(self, done: int, total: int) -> None:
+        if not self.tiled:
+            self._emit(done, total)
+
+    def end_pass(self) -> None:
+        if not self.reported:  # a model with no blocks to hook: one step per pass
+            self._emit(1, 1)
+
+    def _emit(self, done: int, total: int) -> None:
+        self.reported = True
+        self.callback(self.index * total + done, self.passes * total)
+
+
+def _progress_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules whose ends mark progress through one whole-image forward pass.
+
+    The transformer blocks of each residual group (``model.layers[i].residual_group.blocks``):
+    in every preset they have the same width, window and cost, so equal steps give a steady rate
+    and an honest ETA, and there are 24 of them in the S presets where the four residual groups
+    alone would move a bar only four times. A group without such blocks counts as one step;
+    a model without ``layers`` has none (one step per pass).
+    """
+    layers = getattr(model, "layers", None)
+    if not isinstance(layers, (torch.nn.ModuleList, torch.nn.Sequential)):
+        return []
+    steps: list[torch.nn.Module] = []
+    for group in layers:
+        blocks = getattr(getattr(group, "residual_group", None), "blocks", None)
+        if isinstance(blocks, (torch.nn.ModuleList, torch.nn.Sequential)) and len(blocks):
+            steps.extend(blocks)
+        else:
+            steps.append(group)
+    return steps
+
+
+@contextlib.contextmanager
+def _block_hooks(model: torch.nn.Module, report: Progress | None):
+    """While inside, call ``report(i, n)`` as step ``i`` of :func:`_progress_modules` finishes."""
+    steps = _progress_modules(model) if report is not None else []
+    handles = []
+    for i, module in enumerate(steps, start=1):
+        def hook(module, args, output, i=i, n=len(steps)):
+            report(i, n)  # type: ignore[misc]
+        handles.append(module.register_forward_hook(hook))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 class Restorer:
     """A model ready to restore images: ``Restorer(model).restore(image)``.
 
@@ -146,14 +222,49 @@ class Restorer:
             return auto_tile(self.config, height, width, self.device)
         return self.tile  # type: ignore[return-value]
 
+    def tile_for(self, height: int, width: int) -> int | None:
+        """The tile side an ``height x width`` image would be run with now (None: whole image)."""
+        return self._tile_for(height, width)
+
+    def progress_total(self, height: int, width: int) -> int:
+        """How many progress steps restoring an ``height x width`` image reports: tiles x passes
+        when tiled, transformer blocks x passes for the whole image (passes: 8 with the
+        self-ensemble, else 1). With ``tile="auto"`` it reflects the free memory now; the
+        progress callback's own total is the one that counts if that changes."""
+        tile = self._tile_for(height, width)
+        passes = len(TRANSFORMS) if self.self_ensemble else 1
+        if tile is None:
+            return passes * max(len(_progress_modules(self.model)), 1)
+        return passes * len(tile_starts(height, tile, self.tile_overlap)) * len(tile_starts(width, tile, self.tile_overlap))
+
     @torch.no_grad()
     def _run(self, x: torch.Tensor, progress: Progress | None = None) -> torch.Tensor:
-        """(B, C_model, H, W) float32 CPU -> (B, C_model, sH, sW) float32 CPU."""
+        """(B, C_model, H, W) float32 CPU -> (B, C_model, sH, sW) float32 CPU.
+
+        ``progress(done, total)`` counts over all passes: see :meth:`progress_total`.
+        """
         tile = self._tile_for(*x.shape[-2:])
+        tracker = _PassProgress(progress, len(TRANSFORMS) if self.self_ensemble else 1) if progress else None
 
         def once(t: torch.Tensor) -> torch.Tensor:
-            return run_model(self._forward, t, tile=tile, overlap=self.tile_overlap, scale=self.scale,
-                             window_size=self.config.window_size, device=self.device, progress=progress)
+            if tracker is None:
+                return run_model(self._forward, t, tile=tile, overlap=self.tile_overlap, scale=self.scale,
+                                 window_size=self.config.window_size, device=self.device)
+            tracker.start_pass()
+            calls = 0
+
+            def forward(patch: torch.Tensor) -> torch.Tensor:
+                nonlocal calls
+                calls += 1
+                if calls > 1:  # the whole-image call fell back to tiles: count tiles, not blocks
+                    tracker.tiled = True
+                return self._forward(patch)
+
+            with _block_hooks(self.model, tracker.blocks if tile is None else None):
+                out = run_model(forward, t, tile=tile, overlap=self.tile_overlap, scale=self.scale,
+                                window_size=self.config.window_size, device=self.device, progress=tracker.tiles)
+            tracker.end_pass()
+            return out
 
         return self_ensemble(once, x) if self.self_ensemble else once(x)
 

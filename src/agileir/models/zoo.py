@@ -3,15 +3,89 @@
 Each entry is a preset trained at one scale by the project's own training command; how, on what
 data and with what scores is stated in ``docs/weights.md``. Names are ``<preset>_x<scale>``
 (e.g. ``agileir-s_x2``); a preset name plus a scale finds the same file.
+
+What each file is (task, scale, architecture) is read from its own safetensors metadata, so it
+cannot disagree with the weights; the measured scores, which the file cannot know, are data
+beside the weights (``assets/weights/scores.json``).
 """
 
 from __future__ import annotations
 
+import json
+import struct
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from agileir.errors import ModelLoadError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "assets" / "weights"
+SCORES_FILE = WEIGHTS_DIR / "scores.json"
+_CONFIG_KEY = "agileir.config"  # the configuration's metadata key (agileir.models.loading.METADATA_KEY)
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """One shipped file: what it restores and how well (for listings and help texts)."""
+
+    name: str
+    path: Path
+    preset: str  # the preset it was trained as, e.g. agileir-s
+    task: str  # sr, denoise or jpeg
+    scale: int  # 1 for denoise / jpeg
+    attention: str  # window (SwinIR) or gswa (AgileIR)
+    scores: dict[str, tuple[float, float]] = field(default_factory=dict)  # set -> (PSNR-Y, SSIM-Y)
+    training: str = ""
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file, from its JSON header alone (no tensors read)."""
+    try:
+        with open(path, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(size))
+    except (OSError, struct.error, ValueError) as exc:
+        raise ModelLoadError(f"cannot read {path}: not a valid safetensors file ({exc})") from None
+    meta = header.get("__metadata__") or {}
+    return {str(k): str(v) for k, v in meta.items()}
+
+
+def _scores() -> dict[str, dict]:
+    try:
+        return dict(json.loads(SCORES_FILE.read_text())["weights"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def weights_info(name: str) -> WeightsInfo:
+    """:class:`WeightsInfo` of the shipped file ``name`` (``agileir-s_x2``)."""
+    path = require_weights(name, None)
+    meta = read_metadata(path)
+    try:
+        config = json.loads(meta[_CONFIG_KEY])
+    except (KeyError, ValueError):
+        raise ModelLoadError(f"{path}: no agileir configuration in its metadata") from None
+    task = str(config.get("task", "sr"))
+    entry = _scores().get(path.stem, {})
+    scores = {bench: (float(v["psnr_y"]), float(v["ssim_y"]))
+              for bench, v in entry.items() if isinstance(v, dict) and {"psnr_y", "ssim_y"} <= set(v)}
+    return WeightsInfo(name=path.stem, path=path, preset=str(config.get("name") or path.stem.rsplit("_x", 1)[0]),
+                       task=task, scale=int(config.get("scale", 1)) if task == "sr" else 1,
+                       attention=str(config.get("attention", "window")), scores=scores,
+                       training=str(entry.get("training", "")))
+
+
+def shipped_info(tasks: tuple[str, ...] | None = None) -> list[WeightsInfo]:
+    """Every shipped file's :class:`WeightsInfo`, by name; only ``tasks`` (e.g. ``("sr",)``) if given."""
+    infos = [weights_info(name) for name in shipped_weights()]
+    return [i for i in infos if tasks is None or i.task in tasks]
+
+
+def shipped_scales(tasks: tuple[str, ...] = ("sr",)) -> dict[str, list[int]]:
+    """Preset -> the scales shipped for it, e.g. ``{"agileir-s": [2, 4], "swinir-s": [4]}``."""
+    out: dict[str, list[int]] = {}
+    for info in shipped_info(tasks):
+        out.setdefault(info.preset, []).append(info.scale)
+    return {k: sorted(v) for k, v in out.items()}
 
 
 def shipped_weights() -> dict[str, Path]:
@@ -47,4 +121,5 @@ def require_weights(name: str, scale: int | None) -> Path:
                          f"pass a weights file (.safetensors, or an official SwinIR .pth) with --model")
 
 
-__all__ = ["WEIGHTS_DIR", "shipped_weights", "weights_name", "find_weights", "require_weights"]
+__all__ = ["WEIGHTS_DIR", "SCORES_FILE", "WeightsInfo", "shipped_weights", "weights_name", "find_weights",
+           "require_weights", "read_metadata", "weights_info", "shipped_info", "shipped_scales"]
