@@ -34,8 +34,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from agileir.data.degradations import jpeg_compress, modcrop
+from agileir.data.degradations import add_gaussian_noise, jpeg_compress, modcrop
 from agileir.data.io import is_image_file, read_image, rgb_to_gray, rgb_to_y_uint8, to_channels
+from agileir.data.pairs import match_lr
 from agileir.data.resize import imresize
 from agileir.errors import AgileIRError, ConfigError, ImageError
 
@@ -80,8 +81,9 @@ def _lr_index(lr_dir: Path, scale: int) -> dict[str, Path]:
 
 
 def pair_images(hr_files: Sequence[Path], lr_dir: str | os.PathLike, scale: int) -> list[tuple[Path, Path]]:
-    """Match each HR file with ``<stem>``, ``<stem>x<s>`` or ``<stem>_x<s>`` in ``lr_dir`` (or its
-    ``X<s>`` sub-folder). HR files without a partner are skipped with a warning."""
+    """Match each HR file with its LR partner in ``lr_dir`` (or its ``X<s>`` sub-folder) by the
+    package's one naming rule (:func:`agileir.data.pairs.lr_names`). HR files without a partner
+    are skipped with a warning."""
     lr_dir = Path(lr_dir).expanduser()
     if not lr_dir.is_dir():
         raise AgileIRError(f"LR folder not found: {lr_dir}")
@@ -90,7 +92,7 @@ def pair_images(hr_files: Sequence[Path], lr_dir: str | os.PathLike, scale: int)
     missing: list[str] = []
     for hr in hr_files:
         stem = hr.stem.lower()
-        lr = next((index[k] for k in (f"{stem}x{scale}", f"{stem}_x{scale}", stem) if k in index), None)
+        lr = match_lr(stem, scale, index)
         if lr is None:
             missing.append(hr.name)
         else:
@@ -375,8 +377,7 @@ class RestorationPatches(Dataset):
             sigma = float(rng.uniform(*self.noise_range)) if self.noise_range[0] != self.noise_range[1] \
                 else self.noise_range[0]
             lr_patch = hr_patch
-            lr_float = hr_patch.astype(np.float32) / 255.0 + \
-                rng.normal(0.0, sigma / 255.0, size=hr_patch.shape).astype(np.float32)
+            lr_float = add_gaussian_noise(hr_patch, sigma, rng)
         # augmentation: the same flips / transpose for both
         ops = (self.flip and rng.random() < 0.5, self.flip and rng.random() < 0.5,
                self.rotate and rng.random() < 0.5)

@@ -17,16 +17,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from agileir.data.io import read_errors
+from agileir.data.io import FORMATS, read_errors
 from agileir.errors import ImageError
 from agileir.fileio import atomic_path
 
-# Extension -> Pillow format name, for the formats the upscale command reads and writes.
-FORMATS = {
-    ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP",
-    ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP",
-}
-_EIGHT_BIT_ONLY = ("JPEG", "WEBP", "BMP")
+_EIGHT_BIT_ONLY = ("JPEG", "WEBP", "BMP", "PPM")
 _ORIENTATION_TAG = 0x0112
 
 
@@ -196,16 +191,22 @@ def _tiff_info(path: Path) -> tuple[int, int, int, int, int]:
     return shape[0], shape[1], channels, 8 * dtype.itemsize, orientation
 
 
+def _existing_image(path: str | os.PathLike) -> tuple[Path, str]:
+    """The path and its format, or a one-line :class:`ImageError` (unsupported or missing)."""
+    p = Path(path)
+    fmt = image_format(p)
+    if not p.is_file():
+        raise ImageError(f"{p}: no such image file")
+    return p, fmt
+
+
 def probe_picture(path: str | os.PathLike) -> PictureInfo:
     """Size, channels and bit depth :func:`read_picture` would give, from the header only (cheap).
 
     A file whose header reads but whose pixels are corrupt passes here and fails in
     :func:`read_picture`; :class:`ImageError` with one line for anything else.
     """
-    p = Path(path)
-    fmt = image_format(p)
-    if not p.is_file():
-        raise ImageError(f"{p}: no such image file")
+    p, fmt = _existing_image(path)
     with read_errors(p):
         if fmt == "TIFF":
             height, width, channels, bits, orientation = _tiff_info(p)
@@ -235,10 +236,7 @@ def check_writable(path: str | os.PathLike, fmt: str, channels: int, bits: int) 
 
 def read_picture(path: str | os.PathLike) -> Picture:
     """Read an image file for restoration; :class:`ImageError` with one line if it cannot be read."""
-    p = Path(path)
-    fmt = image_format(p)
-    if not p.is_file():
-        raise ImageError(f"{p}: no such image file")
+    p, fmt = _existing_image(path)
     with read_errors(p):
         if fmt == "TIFF":
             pixels = _read_tiff(p)

@@ -18,7 +18,12 @@ from PIL import Image, UnidentifiedImageError
 
 from agileir.errors import ImageError
 
-IMAGE_EXTENSIONS = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+#: the one table of image files the package reads and writes: extension -> Pillow format name
+FORMATS = {
+    ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP",
+    ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP", ".ppm": "PPM", ".pgm": "PPM",
+}
+IMAGE_EXTENSIONS = tuple(FORMATS)
 
 # Full-range BT.601 luma 0.299 R + 0.587 G + 0.114 B in OpenCV's 15-bit fixed point (cvtColor).
 _GRAY_FIXED = (9798, 19235, 3735)
@@ -168,6 +173,7 @@ def tensor_to_uint8(x: torch.Tensor) -> np.ndarray:
 
 
 __all__ = [
+    "FORMATS",
     "IMAGE_EXTENSIONS",
     "is_image_file",
     "read_errors",

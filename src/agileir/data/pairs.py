@@ -113,11 +113,15 @@ def _auto_lr_dir(root: Path, scale: int) -> Path | None:
     return None
 
 
-def _match_lr(name: str, scale: int, lr_index: dict[str, Path]) -> Path | None:
-    for stem in (f"{name}x{scale}", f"{name}_x{scale}", f"{name}X{scale}", name, f"{name}_LR"):
-        if stem in lr_index:
-            return lr_index[stem]
-    return None
+def lr_names(name: str, scale: int) -> tuple[str, ...]:
+    """The LR file stems that pair with ground truth ``name`` at ``scale``, in order of preference
+    (the one rule of the package, for benchmark folders and training folders alike)."""
+    return (f"{name}x{scale}", f"{name}_x{scale}", f"{name}X{scale}", name, f"{name}_LR")
+
+
+def match_lr(name: str, scale: int, lr_index: dict[str, Path]) -> Path | None:
+    """The LR partner of ``name`` in ``lr_index`` (stem -> file), or None."""
+    return next((lr_index[s] for s in lr_names(name, scale) if s in lr_index), None)
 
 
 def discover(root: str | Path, scale: int | None = None, lr_variant: str = "auto") -> BenchmarkFolder:
@@ -171,7 +175,7 @@ def discover(root: str | Path, scale: int | None = None, lr_variant: str = "auto
         raise AgileIRError(f"{root}: the LR folder is the ground-truth folder")
     lr_files = _images(lr_dir)
     index = {p.stem: p for p in lr_files}
-    samples = [Sample(s.name, s.hr_path, _match_lr(s.name, scale, index)) for s in folder.samples]
+    samples = [Sample(s.name, s.hr_path, match_lr(s.name, scale, index)) for s in folder.samples]
     used = {s.lr_path for s in samples if s.lr_path is not None}
     folder.samples = samples
     folder.lr_dir = lr_dir
@@ -209,4 +213,4 @@ def load_sr_pair(
     return lr, hr[: s * h, : s * w]
 
 
-__all__ = ["Sample", "BenchmarkFolder", "discover", "load_sr_pair", "HR_DIR_NAMES", "GENERATED_VARIANTS"]
+__all__ = ["Sample", "BenchmarkFolder", "discover", "load_sr_pair", "lr_names", "match_lr", "HR_DIR_NAMES", "GENERATED_VARIANTS"]
