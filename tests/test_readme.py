@@ -55,7 +55,7 @@ SKIP_COMMANDS: dict[str, str] = {
         "the user's weights and data",
     "agileir test --model weights.safetensors --data path/to/HR_only_folder --noise 25": "the user's weights and data",
     "agileir bench": BENCH,
-    "agileir bench --batch 16 --checkpoint": BENCH,
+    "agileir bench --batch 16 --grad-checkpoint": BENCH,
     "agileir bench swinir-s:recompute agileir-s --precision bf16 --out bench/": BENCH,
     "agileir bench --device cuda --batch 16 64": NEEDS_GPU,
     "pip install '.[onnx]'": INSTALLS,

@@ -61,12 +61,28 @@ def synchronize(device: torch.device) -> None:
 
 
 def default_threads() -> int:
-    """Intra-op threads for a command: the cores this process may run on (affinity), at most 8."""
+    """torch's own default thread count, capped by the CPUs this process may run on.
+
+    Why: torch counts the machine's cores, not the ones a container or ``taskset`` leaves this
+    process; more threads than those cores stall on OpenMP barriers.
+    """
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
         cores = os.cpu_count() or 1
-    return max(1, min(cores, 8))
+    return max(1, min(torch.get_num_threads(), cores))
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """Run the block with ``threads`` intra-op threads (None: :func:`default_threads`), then put
+    the caller's count back (commands may be called in-process, from tests or scripts)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads or default_threads())
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(saved)
 
 
 def peak_rss_bytes() -> int:
@@ -117,5 +133,5 @@ def peak_memory_bytes(device: torch.device) -> int:
     return cuda_peak_bytes(device) if device.type == "cuda" else peak_rss_bytes()
 
 
-__all__ = ["PRECISIONS", "MiB", "resolve_device", "check_precision", "autocast", "synchronize", "default_threads",
+__all__ = ["PRECISIONS", "MiB", "resolve_device", "check_precision", "autocast", "synchronize", "default_threads", "torch_threads",
            "peak_rss_bytes", "current_rss_bytes", "reset_cuda_peak", "cuda_peak_bytes", "peak_memory_bytes"]

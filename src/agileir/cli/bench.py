@@ -31,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="auto (CUDA if available), cpu or cuda (default %(default)s)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="fp32 or bf16 autocast for the training steps and inference (default %(default)s)")
-    p.add_argument("--checkpoint", action="store_true", help="gradient checkpointing per block, for every model")
+    p.add_argument("--grad-checkpoint", action="store_true",
+                   help="gradient checkpointing per block (model.grad_checkpoint), for every model")
     p.add_argument("--infer-size", type=int, default=256,
                    help="side of the square input for the inference timing (default %(default)s)")
     p.add_argument("--repeats", type=int, default=3,
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     args.device = str(resolve_device(args.device))  # auto -> cpu/cuda; cuda without CUDA is an error
     if args.threads:
         torch.set_num_threads(args.threads)
-    variants = [Variant.parse(m, args.scale, args.checkpoint) for m in args.models]
+    variants = [Variant.parse(m, args.scale, args.grad_checkpoint) for m in args.models]
     for v in variants:
         v.build(torch.device("meta"))  # fail fast on unknown presets / options
     note = memory_note(args.batch, args.patch, args.device, args.models)
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
                          progress=lambda line: print(line, file=sys.stderr, flush=True))
     base, other = args.models[0], args.models[-1]
     print(f"{args.device} {args.precision}, x{args.scale}, LR patch {args.patch}, checkpointing "
-          f"{'on' if args.checkpoint else 'off'}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+          f"{'on' if args.grad_checkpoint else 'off'}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(format_table(rows, base, other))
     if args.out:
         settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm import tqdm
 
 from agileir.data.pairs import discover
@@ -22,7 +21,7 @@ from agileir.errors import ConfigError
 from agileir.evaluation.protocol import Task, model_runner, task_for_model
 from agileir.evaluation.runner import FolderResult, MethodResult, evaluate_folder
 from agileir.inference.restorer import parse_tile
-from agileir.runtime import MiB, cuda_peak_bytes, default_threads, peak_rss_bytes, reset_cuda_peak, resolve_device
+from agileir.runtime import MiB, cuda_peak_bytes, peak_rss_bytes, reset_cuda_peak, resolve_device, torch_threads
 
 HEADERS = {"psnr": "PSNR", "ssim": "SSIM", "psnr_y": "PSNR-Y", "ssim_y": "SSIM-Y",
            "psnrb": "PSNR-B", "psnrb_y": "PSNR-B-Y"}
@@ -65,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--csv", type=Path, metavar="PATH", help="write per-image and mean results as CSV")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="CPU threads (default: the cores this process may use, at most 8)")
+                   help="CPU threads (default: torch's default, at most the CPUs this process may use)")
     p.add_argument("--lr-variant", default="auto", metavar="VARIANT",
                    help="'auto' (LR files if present, else generate), 'mirror' or 'replicate' "
                         "(generate from the ground truth with that border), or an LR folder name "
@@ -145,13 +144,17 @@ def _write_json(path: Path, info: dict[str, Any], result: FolderResult) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the evaluation described by ``args``; 0 if every image was scored, 1 if some failed."""
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    with torch_threads(args.threads):
+        return _evaluate(args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
     from agileir.models.registry import resolve_model
 
     requested = _requested_task(args)
     device = resolve_device(args.device)
-    if args.threads is not None and args.threads < 1:
-        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
-    torch.set_num_threads(args.threads or default_threads())
     tile = parse_tile(args.tile)
     model = None
     if args.model.lower() == "bicubic":

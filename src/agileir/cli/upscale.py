@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from agileir.errors import AgileIRError, ConfigError, ImageError, ModelLoadError
+from agileir.errors import AgileIRError, ConfigError, ImageError
+from agileir.inference.tiling import DEFAULT_OVERLAP
+from agileir.runtime import PRECISIONS
 
 DEFAULT_MODEL = "agileir-s"
 DEVICE_HELP = "auto (CUDA if available), cpu or cuda"
-WEIGHTS_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
 SR_TASKS, RESTORE_TASKS = ("sr",), ("denoise", "jpeg")
 
 
@@ -65,21 +66,6 @@ def _scales_help() -> str:
             f"shipped: {listed or 'none'}")
 
 
-def default_threads() -> int:
-    """torch's own default thread count, capped by the CPUs this process may run on.
-
-    Why: torch counts the machine's cores, not the ones a container or ``taskset`` leaves this
-    process; more threads than those cores stall on OpenMP barriers.
-    """
-    import torch
-
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
-    return max(1, min(torch.get_num_threads(), cpus))
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     up = sub.add_parser("upscale", help="upscale image files (super-resolution)",
                         description="Upscale images with shipped AgileIR weights (default) or a weights file. "
@@ -115,9 +101,9 @@ def _common(p: argparse.ArgumentParser, default_model: str | None, model_help: s
     p.add_argument("--tile", default="auto",
                    help="tile side in input pixels (a multiple of the model's window), 'auto' (from free memory, "
                         "default) or 0 (whole image)")
-    p.add_argument("--tile-overlap", type=_int_in(0), default=32,
+    p.add_argument("--tile-overlap", type=_int_in(0), default=DEFAULT_OVERLAP,
                    help="tile overlap in input pixels, smaller than the tile (default %(default)s)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32 (default) or bf16 autocast")
     p.add_argument("--self-ensemble", action="store_true", help="average 8 flips/rotations (8x slower)")
     p.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default %(default)s)")
@@ -235,58 +221,10 @@ def check_folder_writable(folder: Path) -> None:
         raise ConfigError(f"cannot write to {folder} ({exc.strerror or exc}); choose another -o folder") from None
 
 
-def parse_tile_option(text: str) -> int | str | None:
-    """``--tile``: 'auto', 0 (whole image, returned as None) or a positive number of pixels."""
-    if text == "auto":
-        return "auto"
-    try:
-        side = int(text)
-    except ValueError:
-        raise ConfigError(f"--tile must be 'auto', 0 (whole image) or a number of pixels, got {text!r}") from None
-    if side < 0:
-        raise ConfigError(f"--tile must be positive (a multiple of the model's window), 'auto' or 0, got {side}")
-    return side or None
-
-
-def check_model_option(spec: str) -> None:
-    """A ``--model`` that names a file (weights suffix or a path separator) must exist."""
-    from agileir.models import zoo
-    from agileir.models.presets import PRESETS
-
-    if zoo.find_weights(spec) is not None or spec.lower() in PRESETS:
-        return
-    path = Path(spec)
-    looks_like_path = path.suffix.lower() in WEIGHTS_SUFFIXES or "/" in spec or os.sep in spec
-    if looks_like_path and not path.exists():
-        raise ModelLoadError(f"weights file not found: {spec}")
-    if path.is_dir():
-        raise ModelLoadError(f"--model {spec} is a folder; give a weights file (.safetensors, SwinIR .pth)")
-    if path.is_file() and path.suffix.lower() != ".safetensors":
-        _check_torch_file(path)
-
-
-def _check_torch_file(path: Path) -> None:
-    """An empty or plain-text file given as ``.pth`` gets a plain message, not torch.load's
-    (a text file makes it raise ``KeyError: '101'``). A torch.save file is a zip archive or a
-    binary pickle: both have bytes below 0x09 (or invalid UTF-8) within their first bytes."""
-    with open(path, "rb") as f:
-        head = f.read(512)
-    if not head:
-        raise ModelLoadError(f"{path}: the file is empty, not a PyTorch checkpoint")
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        return
-    if all(ch >= "\t" for ch in text):
-        raise ModelLoadError(f"{path}: a text file, not a PyTorch checkpoint (give an official SwinIR .pth "
-                             f"or an agileir .safetensors file)")
-
-
 def _load(args: argparse.Namespace, tile: int | str | None):
     from agileir.inference.restorer import Restorer
     from agileir.models.registry import resolve_model
 
-    check_model_option(str(args.model))
     # upscale: shipped SR weights by name, or a file; restore: weights of any other task
     model = resolve_model(args.model, args.scale) if args.command_kind == "sr" else resolve_model(args.model)
     task = model.config.task
@@ -309,12 +247,6 @@ class Job:
     height: int
 
 
-def too_small(width: int, height: int, window: int) -> bool:
-    """The network pads each side to a window multiple by reflection, which needs more pixels
-    than padding (the rule of ``RestorationTransformer.pad_to_window``)."""
-    return (-height) % window >= height or (-width) % window >= width
-
-
 def plan_jobs(restorer, inputs: list[Path], targets: list[Path], overwrite: bool,
               report: Callable[[str], None]) -> tuple[list[Job], int, int]:
     """Check every input against the options before any model runs.
@@ -325,6 +257,7 @@ def plan_jobs(restorer, inputs: list[Path], targets: list[Path], overwrite: bool
     large as the automatic tile, an output folder that cannot be written.
     """
     from agileir.data.formats import check_writable, image_format, probe_picture
+    from agileir.models.windows import too_small_for_window
 
     window = restorer.config.window_size
     jobs: list[Job] = []
@@ -345,7 +278,7 @@ def plan_jobs(restorer, inputs: list[Path], targets: list[Path], overwrite: bool
             check_writable(src, fmt, info.channels, info.bits)
         except ImageError as exc:
             raise ConfigError(str(exc)) from None
-        if too_small(info.width, info.height, window):
+        if too_small_for_window(info.height, info.width, window):
             report(f"agileir: error: {src}: image {info.width}x{info.height} is too small for this model's "
                    f"{window}x{window} windows; use images at least {window // 2 + 1} pixels on each side")
             failed += 1
@@ -377,25 +310,26 @@ def _bar_callback(bar, passes: int) -> Callable[[int, int], None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
+    from agileir.inference.restorer import parse_tile
+    from agileir.inference.tiling import check_overlap
+    from agileir.runtime import torch_threads
 
-    tile = parse_tile_option(str(args.tile))
-    if isinstance(tile, int) and args.tile_overlap >= tile:
-        raise ConfigError(f"--tile-overlap {args.tile_overlap} must be smaller than --tile {tile}")
+    tile = parse_tile(str(args.tile))
+    if isinstance(tile, int):
+        try:
+            check_overlap(args.tile_overlap, tile)
+        except ConfigError:
+            raise ConfigError(f"--tile-overlap {args.tile_overlap} must be smaller than --tile {tile}") from None
     inputs = collect_inputs(args.inputs)
-    saved_threads = torch.get_num_threads()
-    threads = args.threads or default_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(args.threads) as threads:
         return _run(args, tile, inputs, threads)
-    finally:
-        torch.set_num_threads(saved_threads)  # main() may be called in-process (tests, scripts)
 
 
 def _run(args: argparse.Namespace, tile: int | str | None, inputs: list[Path], threads: int) -> int:
     from tqdm import tqdm
 
     from agileir.data.formats import read_picture, write_picture
+    from agileir.inference.ensemble import TRANSFORMS
 
     restorer = _load(args, tile)
     s = restorer.scale
@@ -408,7 +342,7 @@ def _run(args: argparse.Namespace, tile: int | str | None, inputs: list[Path], t
     report = lambda line: print(line, file=sys.stderr)  # noqa: E731
     jobs, skipped, failures = plan_jobs(restorer, inputs, targets, args.overwrite, report)
     quiet = args.quiet or not sys.stderr.isatty()
-    passes = 8 if args.self_ensemble else 1
+    passes = len(TRANSFORMS) if args.self_ensemble else 1
     written = 0
     for i, job in enumerate(jobs, start=1):
         try:
@@ -436,5 +370,4 @@ def _run(args: argparse.Namespace, tile: int | str | None, inputs: list[Path], t
     return 1 if failures else 0
 
 
-__all__ = ["register", "run", "collect_inputs", "output_paths", "check_folder_writable", "check_model_option",
-           "parse_tile_option", "plan_jobs", "default_threads", "Job"]
+__all__ = ["register", "run", "collect_inputs", "output_paths", "check_folder_writable", "plan_jobs", "Job"]

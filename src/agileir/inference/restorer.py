@@ -84,6 +84,8 @@ def parse_tile(tile: int | str | None) -> int | str | None:
         side = int(tile)
     except (TypeError, ValueError):
         raise ConfigError(f"--tile must be 'auto', 0 (whole image) or a number of pixels, got {tile!r}") from None
+    if side < 0:
+        raise ConfigError(f"--tile must be positive (a multiple of the model's window), 'auto' or 0, got {side}")
     return side or None
 
 
@@ -217,21 +219,18 @@ class Restorer:
         with autocast(self.device, self.precision):
             return self.model(x).float()
 
-    def _tile_for(self, height: int, width: int) -> int | None:
+    def tile_for(self, height: int, width: int) -> int | None:
+        """The tile side an ``height x width`` image is run with now (None: whole image)."""
         if self.tile == "auto":
             return auto_tile(self.config, height, width, self.device)
         return self.tile  # type: ignore[return-value]
-
-    def tile_for(self, height: int, width: int) -> int | None:
-        """The tile side an ``height x width`` image would be run with now (None: whole image)."""
-        return self._tile_for(height, width)
 
     def progress_total(self, height: int, width: int) -> int:
         """How many progress steps restoring an ``height x width`` image reports: tiles x passes
         when tiled, transformer blocks x passes for the whole image (passes: 8 with the
         self-ensemble, else 1). With ``tile="auto"`` it reflects the free memory now; the
         progress callback's own total is the one that counts if that changes."""
-        tile = self._tile_for(height, width)
+        tile = self.tile_for(height, width)
         passes = len(TRANSFORMS) if self.self_ensemble else 1
         if tile is None:
             return passes * max(len(_progress_modules(self.model)), 1)
@@ -243,7 +242,7 @@ class Restorer:
 
         ``progress(done, total)`` counts over all passes: see :meth:`progress_total`.
         """
-        tile = self._tile_for(*x.shape[-2:])
+        tile = self.tile_for(*x.shape[-2:])
         tracker = _PassProgress(progress, len(TRANSFORMS) if self.self_ensemble else 1) if progress else None
 
         def once(t: torch.Tensor) -> torch.Tensor:

@@ -86,6 +86,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], N
             except (ValueError, TypeError) as exc:
                 raise ModelLoadError(f"{path}: configuration in the metadata is invalid ({exc})") from None
         return sd, config
+    _refuse_non_checkpoint(path)
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, truncated files, non-tensor payloads
@@ -93,6 +94,23 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], N
         raise ModelLoadError(f"cannot read {path}: not a PyTorch checkpoint, or a damaged one "
                              f"({type(exc).__name__}{': ' + detail if detail else ''})") from None
     return unwrap_state_dict(obj), None
+
+
+def _refuse_non_checkpoint(path: Path) -> None:
+    """An empty or plain-text file given as ``.pth`` gets a plain message, not torch.load's (a
+    text file makes it raise ``KeyError: '101'``). A torch.save file is a zip archive or a binary
+    pickle: both have bytes below 0x09, or invalid UTF-8, within their first bytes."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head:
+        raise ModelLoadError(f"{path}: the file is empty, not a PyTorch checkpoint")
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return
+    if all(ch >= "\t" for ch in text):
+        raise ModelLoadError(f"{path}: a text file, not a PyTorch checkpoint (give an official SwinIR .pth "
+                             "or an agileir .safetensors file)")
 
 
 def load_model(source: str | os.PathLike | Mapping[str, Any], **overrides: Any) -> RestorationTransformer:

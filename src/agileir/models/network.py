@@ -18,7 +18,8 @@ from agileir.models.attention.gswa import GroupShiftedWindowAttention
 from agileir.models.attention.window import WindowAttention
 from agileir.models.config import NetworkConfig
 from agileir.models.recompute import lean_mlp, recompute_branch
-from agileir.models.windows import ShiftMaskCache, is_exporting, traceable_shift_mask, window_partition, window_reverse
+from agileir.models.windows import (ShiftMaskCache, is_exporting, too_small_for_window, traceable_shift_mask,
+                                    window_partition, window_reverse)
 
 RGB_MEAN = (0.4488, 0.4371, 0.4040)  # DIV2K mean, as in SwinIR
 
@@ -224,7 +225,7 @@ class RestorationTransformer(nn.Module):
         pad_h, pad_w = (-h) % m, (-w) % m
         if is_exporting():  # symbolic sizes: pad unconditionally (a zero pad is a no-op)
             return F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
-        if pad_h >= h or pad_w >= w:
+        if too_small_for_window(h, w, m):
             raise ImageError(
                 f"input {w}x{h} is too small for this model's {m}x{m} windows; "
                 f"use images at least {m // 2 + 1} pixels on each side")

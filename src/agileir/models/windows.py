@@ -28,6 +28,12 @@ def window_reverse(windows: torch.Tensor, window_size: int, h: int, w: int) -> t
     return x.reshape(b, h, w, c)
 
 
+def too_small_for_window(height: int, width: int, window_size: int) -> bool:
+    """True when reflection padding to the window multiple needs more pixels than a side has
+    (``F.pad(mode="reflect")`` pads by less than the size): the smallest side is ``M // 2 + 1``."""
+    return (-height) % window_size >= height or (-width) % window_size >= width
+
+
 def relative_position_index(window_size: int) -> torch.Tensor:
     """(N, N) int64: index into a ((2M-1)^2, heads) bias table for each (query, key) pair."""
     m = window_size

@@ -12,15 +12,14 @@ beside the weights (``assets/weights/scores.json``).
 from __future__ import annotations
 
 import json
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from agileir.errors import ModelLoadError
+from agileir.models.loading import METADATA_KEY
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "assets" / "weights"
 SCORES_FILE = WEIGHTS_DIR / "scores.json"
-_CONFIG_KEY = "agileir.config"  # the configuration's metadata key (agileir.models.loading.METADATA_KEY)
 
 
 @dataclass(frozen=True)
@@ -38,15 +37,14 @@ class WeightsInfo:
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors file, from its JSON header alone (no tensors read)."""
+    """The metadata of a safetensors file (safetensors reads the header only, no tensors)."""
+    from safetensors import SafetensorError, safe_open
+
     try:
-        with open(path, "rb") as f:
-            (size,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(size))
-    except (OSError, struct.error, ValueError) as exc:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot read {path}: not a valid safetensors file ({exc})") from None
-    meta = header.get("__metadata__") or {}
-    return {str(k): str(v) for k, v in meta.items()}
 
 
 def _scores() -> dict[str, dict]:
@@ -61,7 +59,7 @@ def weights_info(name: str) -> WeightsInfo:
     path = require_weights(name, None)
     meta = read_metadata(path)
     try:
-        config = json.loads(meta[_CONFIG_KEY])
+        config = json.loads(meta[METADATA_KEY])
     except (KeyError, ValueError):
         raise ModelLoadError(f"{path}: no agileir configuration in its metadata") from None
     task = str(config.get("task", "sr"))
