@@ -103,13 +103,13 @@ def _refuse_non_checkpoint(path: Path) -> None:
     with open(path, "rb") as f:
         head = f.read(512)
     if not head:
-        raise ModelLoadError(f"{path}: the file is empty, not a PyTorch checkpoint")
+        raise ModelLoadError(f"cannot read {path}: the file is empty, not a PyTorch checkpoint")
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError:
         return
     if all(ch >= "\t" for ch in text):
-        raise ModelLoadError(f"{path}: a text file, not a PyTorch checkpoint (give an official SwinIR .pth "
+        raise ModelLoadError(f"cannot read {path}: a text file, not a PyTorch checkpoint (give an official SwinIR .pth "
                              "or an agileir .safetensors file)")
 
 
