@@ -18,6 +18,9 @@ from agileir.errors import ConfigError
 #: numeric precisions of the whole package (API, YAML configs, CLI). fp16 is not offered:
 #: SwinIR-type networks overflow its range (activations beyond 65504 give inf/NaN).
 PRECISIONS = ("fp32", "bf16")
+#: precisions of inference (restore, upscale, test, bench): int8 is post-training dynamic
+#: quantization of the linear layers (models/quantize.py); auto is :func:`fastest_precision`.
+INFERENCE_PRECISIONS = ("auto", "fp32", "bf16", "int8")
 MiB = 2 ** 20
 
 
@@ -47,11 +50,80 @@ def check_precision(precision: str) -> str:
     return precision
 
 
+def check_inference_precision(precision: str) -> str:
+    """``precision`` if it is one of :data:`INFERENCE_PRECISIONS`, else a one-line :class:`ConfigError`."""
+    if precision not in INFERENCE_PRECISIONS:
+        hint = " (float16 overflows these networks; bf16 has its range)" if precision == "fp16" else ""
+        raise ConfigError(f"precision must be one of {', '.join(INFERENCE_PRECISIONS)}, got {precision!r}{hint}")
+    return precision
+
+
+def cpu_capabilities() -> dict[str, bool]:
+    """The matrix and vector units of this CPU that bf16 and int8 kernels use (x86 flags)."""
+    cpu = torch.cpu
+    probe = lambda name: bool(getattr(cpu, name, lambda: False)())  # noqa: E731 - private torch probes
+    return {"amx": probe("_is_amx_tile_supported"), "avx512_bf16": probe("_is_avx512_bf16_supported"),
+            "vnni": probe("_is_vnni_supported"), "avx512": probe("_is_avx512_supported"),
+            "avx2": probe("_is_avx2_supported")}
+
+
+def has_fast_bf16(device: torch.device) -> bool:
+    """True where bf16 matrix products run on dedicated units: CUDA, or a CPU with AMX or AVX-512 BF16."""
+    if device.type == "cuda":
+        return True
+    caps = cpu_capabilities()
+    return caps["amx"] or caps["avx512_bf16"]
+
+
+def fastest_precision(device: torch.device) -> str:
+    """What ``precision="auto"`` means on ``device``: bf16 where it has its units, else fp32.
+
+    int8 is never chosen automatically: its quality cost is small (docs/performance.md) but it is
+    a different model, and on the measured CPU it is slower than bf16.
+    """
+    return "bf16" if has_fast_bf16(device) else "fp32"
+
+
+def precision_note(precision: str, device: torch.device) -> str | None:
+    """One line when ``precision`` will run without its hardware on this device (it still works)."""
+    if device.type != "cpu":
+        return "agileir: note: int8 runs on the CPU only" if precision == "int8" else None
+    caps = cpu_capabilities()
+    if precision == "bf16" and not (caps["amx"] or caps["avx512_bf16"]):
+        return ("agileir: note: this CPU has no bf16 matrix units (AMX or AVX-512 BF16): bf16 works but is "
+                "likely slower than fp32")
+    if precision == "int8" and not (caps["vnni"] or caps["amx"]):
+        return "agileir: note: this CPU has no VNNI or AMX int8 units: int8 works but is likely slower than fp32"
+    return None
+
+
+def resolve_inference_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> :func:`fastest_precision`; int8 off the CPU is refused in one line."""
+    check_inference_precision(precision)
+    if precision == "auto":
+        return fastest_precision(device)
+    if precision == "int8" and device.type != "cpu":
+        raise ConfigError("int8 inference runs on the CPU only; use --precision bf16 on a GPU")
+    return precision
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """bf16 autocast on ``device`` for ``precision="bf16"``, nothing for fp32."""
     if check_precision(precision) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype matrix products on ``x`` run in now: the autocast dtype inside autocast on its
+    device, else ``x``'s own (devices without autocast, such as "meta", included)."""
+    device = x.device.type
+    try:
+        if torch.is_autocast_enabled(device):
+            return torch.get_autocast_dtype(device)
+    except RuntimeError:  # a device type autocast does not know
+        pass
+    return x.dtype
 
 
 def synchronize(device: torch.device) -> None:
@@ -133,5 +205,7 @@ def peak_memory_bytes(device: torch.device) -> int:
     return cuda_peak_bytes(device) if device.type == "cuda" else peak_rss_bytes()
 
 
-__all__ = ["PRECISIONS", "MiB", "resolve_device", "check_precision", "autocast", "synchronize", "default_threads", "torch_threads",
+__all__ = ["PRECISIONS", "INFERENCE_PRECISIONS", "MiB", "resolve_device", "check_precision",
+           "check_inference_precision", "compute_dtype", "cpu_capabilities", "has_fast_bf16", "fastest_precision", "precision_note",
+           "resolve_inference_precision", "autocast", "synchronize", "default_threads", "torch_threads",
            "peak_rss_bytes", "current_rss_bytes", "reset_cuda_peak", "cuda_peak_bytes", "peak_memory_bytes"]

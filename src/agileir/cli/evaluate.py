@@ -20,8 +20,10 @@ from agileir.data.pairs import discover
 from agileir.errors import ConfigError
 from agileir.evaluation.protocol import Task, model_runner, task_for_model
 from agileir.evaluation.runner import FolderResult, MethodResult, evaluate_folder
+from agileir.inference.precision import prepare_precision
 from agileir.inference.restorer import parse_tile
-from agileir.runtime import MiB, cuda_peak_bytes, peak_rss_bytes, reset_cuda_peak, resolve_device, torch_threads
+from agileir.runtime import INFERENCE_PRECISIONS, MiB, cuda_peak_bytes, peak_rss_bytes, reset_cuda_peak, resolve_device, \
+    torch_threads
 
 HEADERS = {"psnr": "PSNR", "ssim": "SSIM", "psnr_y": "PSNR-Y", "ssim_y": "SSIM-Y",
            "psnrb": "PSNR-B", "psnrb_y": "PSNR-B-Y"}
@@ -63,6 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, metavar="PATH", help="write per-image and mean results as JSON")
     p.add_argument("--csv", type=Path, metavar="PATH", help="write per-image and mean results as CSV")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="fp32",
+                   help="fp32 (default, the reference), bf16 (autocast), int8 (linear layers quantized, CPU) or "
+                        "auto (bf16 where the device has bf16 units); measures what each costs in PSNR")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="CPU threads (default: torch's default, at most the CPUs this process may use)")
     p.add_argument("--lr-variant", default="auto", metavar="VARIANT",
@@ -156,7 +161,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     requested = _requested_task(args)
     device = resolve_device(args.device)
     tile = parse_tile(args.tile)
-    model = None
+    model, precision = None, "fp32"
     if args.model.lower() == "bicubic":
         if requested is None:
             raise ConfigError("--model bicubic needs --scale S (or --noise / --jpeg for the degraded-input baseline)")
@@ -170,11 +175,13 @@ def _evaluate(args: argparse.Namespace) -> int:
         source = model.weights_source
         label = (args.model if source == "random" or args.model == Path(source).stem else Path(source).stem)
         label += "+" if args.self_ensemble else ""
+        model, precision = prepare_precision(model, args.precision, device)
+        label += f" ({precision})" if precision != "fp32" else ""
         if model.weights_source == "random":
             print(f"agileir: warning: {args.model!r} has random weights: these scores are a smoke test",
                   file=sys.stderr)
     forward = model_runner(model, task, device, tile=tile, overlap=args.tile_overlap, pad=args.pad,
-                           ensemble=args.self_ensemble) if model is not None else None
+                           ensemble=args.self_ensemble, precision=precision) if model is not None else None
 
     folder = discover(args.data, task.scale if task.kind == "sr" else None, args.lr_variant)
     in_chans = int(model.config.in_chans) if model is not None else None
@@ -212,7 +219,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         "dataset": folder.name, "data": str(folder.root), "task": task.kind, "scale": task.scale,
         "noise_sigma": task.noise, "jpeg_quality": task.quality, "model": args.model,
         "lr_source": folder.lr_source, "crop_border": task.crop, "device": device.type,
-        "self_ensemble": bool(args.self_ensemble), "tile": tile, "tile_overlap": overlap if tile else None,
+        "self_ensemble": bool(args.self_ensemble), "precision": precision if model is not None else None,
+        "tile": tile, "tile_overlap": overlap if tile else None,
         "seed": args.seed if task.kind == "denoise" else None,
         "padding": "swinir (symmetric, next window multiple + 1)" if args.pad == "swinir"
                    else "model (reflection to the window multiple)",

@@ -36,13 +36,17 @@ def build_network(config: Mapping[str, Any]) -> torch.nn.Module:
 def init_from_weights(model: torch.nn.Module, path: str | os.PathLike) -> tuple[int, list[str]]:
     """Copy every tensor of ``path`` whose name and shape match ``model`` (x3/x4 from x2: all but
     the upsampler). Returns (tensors copied, names of model tensors left as initialised)."""
-    from agileir.models.loading import DERIVED_SUFFIXES, read_checkpoint
+    from agileir.models.loading import DERIVED_SUFFIXES, read_checkpoint_with_metadata
+    from agileir.models.quantize import QUANTIZATION_KEY
 
     p = resolve_path(path)
     assert p is not None
     if not p.is_file():
         raise ConfigError(f"model.init_from: weights file not found: {p}")
-    sd, _ = read_checkpoint(p)
+    sd, _, meta = read_checkpoint_with_metadata(p)
+    if QUANTIZATION_KEY in meta:
+        raise ConfigError(f"model.init_from: {p} holds int8 inference weights; start from the float weights "
+                          "it was quantized from")
     own = model.state_dict()
     matched = {k: v for k, v in sd.items()
                if k in own and not k.endswith(DERIVED_SUFFIXES) and tuple(v.shape) == tuple(own[k].shape)}

@@ -23,6 +23,7 @@ from agileir.data.io import float_to_tensor, read_image, rgb_to_gray, rgb_to_y_u
 from agileir.data.pairs import BenchmarkFolder, Sample, load_sr_pair
 from agileir.errors import AgileIRError, ConfigError
 from agileir.inference.ensemble import self_ensemble
+from agileir.inference.precision import precision_context
 from agileir.inference.restorer import auto_tile
 from agileir.inference.tiling import DEFAULT_OVERLAP, check_overlap, check_tile, run_model, swinir_test_pad
 from agileir.metrics import evaluate_pair
@@ -147,13 +148,15 @@ def score(output: np.ndarray, prep: Prepared, task: Task, gray_is_y: bool) -> di
 
 
 def model_runner(model: torch.nn.Module, task: Task, device: torch.device, *, tile: int | str | None = None,
-                 overlap: int | None = None, pad: str = "model",
-                 ensemble: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+                 overlap: int | None = None, pad: str = "model", ensemble: bool = False,
+                 precision: str = "fp32") -> Callable[[torch.Tensor], torch.Tensor]:
     """``(1, C, H, W)`` input -> ``(1, C, sH, sW)`` float output, as the protocol runs the model.
 
     ``tile``: None (whole image), a tile side or "auto" (from free memory, per image).
     ``pad``: "model" (the network's own reflection to the window multiple) or "swinir" (SwinIR's
     test script: symmetric, a full extra window when already a multiple).
+    ``precision``: the resolved precision ``model`` was prepared for
+    (:func:`agileir.inference.precision.prepare_precision`); bf16 runs under autocast.
     """
     window = int(model.config.window_size)
     if isinstance(tile, int):
@@ -170,8 +173,9 @@ def model_runner(model: torch.nn.Module, task: Task, device: torch.device, *, ti
             x = swinir_test_pad(x, window)
         side = auto_tile(model.config, *x.shape[-2:], device) if tile == "auto" else tile
         ov = min(overlap, side // 2) if tile == "auto" and side else overlap
-        y = run_model(model, x, tile=side, overlap=ov, scale=task.scale, window_size=window, device=device)
-        return y[..., : h * task.scale, : w * task.scale]
+        with precision_context(device, precision):
+            y = run_model(model, x, tile=side, overlap=ov, scale=task.scale, window_size=window, device=device)
+        return y[..., : h * task.scale, : w * task.scale].float()
 
     return (lambda x: self_ensemble(forward, x)) if ensemble else forward
 

@@ -20,7 +20,8 @@ from PIL import Image
 from agileir.errors import ConfigError, ImageError
 from agileir.inference.ensemble import TRANSFORMS, self_ensemble
 from agileir.inference.tiling import DEFAULT_OVERLAP, Progress, check_overlap, check_tile, run_model, tile_starts
-from agileir.runtime import PRECISIONS, autocast, check_precision, resolve_device
+from agileir.inference.precision import precision_context, prepare_precision
+from agileir.runtime import INFERENCE_PRECISIONS, check_inference_precision, resolve_device
 
 ImageLike = Union[np.ndarray, Image.Image, torch.Tensor]
 _LUMA = (0.299, 0.587, 0.114)  # BT.601 weights: colour model output back to a gray image
@@ -177,8 +178,10 @@ class Restorer:
     Args:
         model: a :class:`~agileir.RestorationTransformer` (or compatible module with ``config``).
         device: ``auto``, ``cpu`` or ``cuda``.
-        precision: ``fp32`` or ``bf16`` (autocast); float16 is not offered, SwinIR-type
-            networks overflow its range.
+        precision: ``fp32``, ``bf16`` (autocast), ``int8`` (dynamic quantization of the linear
+            layers, CPU) or ``auto`` (bf16 where the device has bf16 units, else fp32); see
+            :mod:`agileir.inference.precision`. float16 is not offered: SwinIR-type networks
+            overflow its range. ``self.precision`` is the resolved one.
         tile: None or 0 (whole image, falling back to tiles on CUDA out-of-memory), a tile side
             in input pixels (a multiple of the window), or ``"auto"`` (from free memory).
         tile_overlap: overlap between tiles in input pixels.
@@ -188,14 +191,15 @@ class Restorer:
     def __init__(self, model: torch.nn.Module, *, device: str | torch.device = "auto", precision: str = "fp32",
                  tile: int | str | None = None, tile_overlap: int = DEFAULT_OVERLAP,
                  self_ensemble: bool = False) -> None:
-        check_precision(precision)
+        check_inference_precision(precision)
         tile = parse_tile(tile)
         if isinstance(tile, int):
             check_tile(tile, model.config.window_size)
             check_overlap(tile_overlap, tile)
         self.device = resolve_device(device)
+        model, self.precision = prepare_precision(model.eval(), precision, self.device)
         self.model = model.eval().to(self.device)
-        self.precision, self.tile, self.tile_overlap = precision, tile, tile_overlap
+        self.tile, self.tile_overlap = tile, tile_overlap
         self.self_ensemble = self_ensemble
 
     @classmethod
@@ -216,7 +220,7 @@ class Restorer:
     # ------------------------------------------------------------------ tensors
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        with autocast(self.device, self.precision):
+        with precision_context(self.device, self.precision):
             return self.model(x).float()
 
     def tile_for(self, height: int, width: int) -> int | None:
@@ -353,5 +357,5 @@ class Restorer:
     __call__ = restore
 
 
-__all__ = ["Restorer", "ImageLike", "PRECISIONS", "parse_tile", "auto_tile", "inference_bytes_per_pixel",
+__all__ = ["Restorer", "ImageLike", "INFERENCE_PRECISIONS", "parse_tile", "auto_tile", "inference_bytes_per_pixel",
            "available_memory_bytes"]

@@ -21,6 +21,8 @@ from agileir.fileio import atomic_path
 from agileir.models.config import NetworkConfig
 from agileir.models.detect import detect_config
 from agileir.models.network import RestorationTransformer
+from agileir.models.quantize import (DYNAMIC_INT8, QUANTIZATION_KEY, apply_quantized, is_quantized, quantized_tensors,
+                                     split_quantized)
 from agileir.models.windows import shift_mask
 
 METADATA_KEY = "agileir.config"
@@ -67,6 +69,13 @@ def _load_tensors(model: RestorationTransformer, sd: Mapping[str, torch.Tensor])
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], NetworkConfig | None]:
     """Tensors and, for the project's safetensors, the stored configuration."""
+    sd, config, _ = read_checkpoint_with_metadata(path)
+    return sd, config
+
+
+def read_checkpoint_with_metadata(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], NetworkConfig | None,
+                                                                       dict[str, str]]:
+    """:func:`read_checkpoint` plus the safetensors metadata (empty for ``.pth`` files)."""
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"weights file not found: {path}")
@@ -85,7 +94,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], N
                 config = NetworkConfig.from_dict(json.loads(meta[METADATA_KEY]))
             except (ValueError, TypeError) as exc:
                 raise ModelLoadError(f"{path}: configuration in the metadata is invalid ({exc})") from None
-        return sd, config
+        return sd, config, dict(meta)
     _refuse_non_checkpoint(path)
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -93,7 +102,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], N
         detail = (str(exc).splitlines() or [""])[0]
         raise ModelLoadError(f"cannot read {path}: not a PyTorch checkpoint, or a damaged one "
                              f"({type(exc).__name__}{': ' + detail if detail else ''})") from None
-    return unwrap_state_dict(obj), None
+    return unwrap_state_dict(obj), None, {}
 
 
 def _refuse_non_checkpoint(path: Path) -> None:
@@ -118,29 +127,46 @@ def load_model(source: str | os.PathLike | Mapping[str, Any], **overrides: Any) 
 
     Accepts official SwinIR ``.pth`` checkpoints (raw or wrapped in ``params``/``params_ema``,
     any training patch size) and the project's ``.safetensors``. ``overrides`` change options
-    that do not affect the weights (the runtime options, e.g. ``attention_impl``).
+    that do not affect the weights (the runtime options, e.g. ``attention_impl``). A file written
+    from an int8 model (:func:`save_model` of :func:`~agileir.models.quantize.quantize_int8`'s
+    result) loads as that int8 model, its weights bit for bit.
     """
     if isinstance(source, Mapping):
-        sd, config = unwrap_state_dict(source), None
+        sd, config, meta = unwrap_state_dict(source), None, {}
     else:
-        sd, config = read_checkpoint(source)
+        sd, config, meta = read_checkpoint_with_metadata(source)
+    quantization = meta.get(QUANTIZATION_KEY)
+    if quantization not in (None, DYNAMIC_INT8):
+        raise ModelLoadError(f"{source}: unknown quantization {quantization!r} (this version reads {DYNAMIC_INT8!r})")
+    layers = None
+    if quantization == DYNAMIC_INT8:
+        sd, layers = split_quantized(sd)
     if config is None:
         config = detect_config(sd)
     if overrides:
         config = config.replace(**overrides)
     model = RestorationTransformer(config)
     _load_tensors(model, sd)
+    if layers is not None:
+        try:
+            model = apply_quantized(model, layers)
+        except ValueError as exc:
+            raise ModelLoadError(f"{source}: {exc}") from None
     return model.eval()
 
 
 def save_model(model: RestorationTransformer, path: str | os.PathLike, extra_metadata: dict[str, str] | None = None) -> Path:
-    """Write weights + configuration as safetensors, atomically (temporary file, then rename)."""
+    """Write weights + configuration as safetensors, atomically (temporary file, then rename);
+    an int8 model is written with its int8 weights (see :mod:`agileir.models.quantize`)."""
     from safetensors.torch import save_file
 
     path = Path(path)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
-               if not k.endswith(DERIVED_SUFFIXES)}
+    quantized = is_quantized(model)
+    state = quantized_tensors(model) if quantized else model.state_dict()
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items() if not k.endswith(DERIVED_SUFFIXES)}
     metadata = {METADATA_KEY: model.config.to_json(), FORMAT_KEY: FORMAT_VERSION, **(extra_metadata or {})}
+    if quantized:
+        metadata[QUANTIZATION_KEY] = DYNAMIC_INT8
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return path
@@ -163,5 +189,6 @@ def official_state_dict(model: RestorationTransformer, img_size: int | None = No
     return sd
 
 
-__all__ = ["METADATA_KEY", "FORMAT_KEY", "DERIVED_SUFFIXES", "unwrap_state_dict", "read_checkpoint", "load_model",
+__all__ = ["METADATA_KEY", "FORMAT_KEY", "DERIVED_SUFFIXES", "unwrap_state_dict", "read_checkpoint",
+           "read_checkpoint_with_metadata", "load_model",
            "save_model", "official_state_dict"]
