@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 import torch
 
 from agileir.cli import main
@@ -48,3 +50,52 @@ def test_bench_command_writes_table_and_files(tmp_path, capsys):
 def test_bench_rejects_unknown_model(capsys):
     assert main(["bench", "swinir-xxl", "--no-peak"]) == 2
     assert "unknown model" in capsys.readouterr().err
+
+
+def test_variant_precision_suffix() -> None:
+    v = Variant.parse("swinir-s:sdpa@bf16", scale=2, checkpoint=False)
+    assert (v.preset, v.overrides["attention_impl"], v.precision) == ("swinir-s", "sdpa", "bf16")
+    assert v.trains("fp32") and not Variant.parse("agileir-s@int8", 2, False).trains("fp32")
+    assert Variant.parse("agileir-s", 2, False).precision_for("bf16") == "bf16"
+    from agileir.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        Variant.parse("agileir-s@fp16", 2, False)
+
+
+def test_flop_counts_follow_the_model_maths() -> None:
+    from agileir.engine.speed import inference_gflop, training_step_gflop
+    from agileir.models.complexity import multiply_adds
+    from agileir.models.presets import build_model
+
+    tiny = dict(embed_dim=12, depths=(2,), num_heads=(3,), window_size=4, key_dim=2, scale=2)
+    model = build_model("agileir-s", **tiny)
+    assert inference_gflop(model, 16, 24) == pytest.approx(2 * multiply_adds(model, 32, 48)["total"] / 1e9)
+    fwd = inference_gflop(model, 16, 16)
+    step = training_step_gflop(model, 1, 16, "fp32")
+    # backward is about twice the forward; the recompute path adds the attention branch again
+    assert 3 * fwd < step < 5 * fwd
+    assert training_step_gflop(model, 4, 16, "fp32") == pytest.approx(4 * step)
+
+
+def test_speed_rows_and_ceiling() -> None:
+    from agileir.engine.speed import SpeedRow, format_speed_table, gemm_ceiling
+
+    row = SpeedRow("m", "fp32", "infer 8x8", gflop=10.0, ms=500.0, ceiling_gflops=100.0)
+    assert row.gflops == pytest.approx(20.0) and row.fraction == pytest.approx(0.2)
+    assert SpeedRow("m", "fp32", "x", None, 1.0, 1.0).fraction is None
+    table = format_speed_table([row], {"fp32": 100.0}, threads=1)
+    assert "20.0%" in table and "fp32 100 GFLOPS" in table
+    assert gemm_ceiling("fp32", torch.device("cpu"), size=256, repeats=1) > 0.1
+
+
+def test_bench_inference_only_with_precisions(tmp_path, capsys) -> None:
+    rc = main(["bench", "agileir-s", "agileir-s@int8", "--no-train", "--infer-size", "16", "24x16",
+               "--repeats", "1", "--warmup", "0", "--out", str(tmp_path)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "ceiling" in out and "int8" in out and "infer 24x16" in out
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert {r["precision"] for r in data["speed"]} == {"fp32", "int8"}
+    assert all(r["gflops"] > 0 for r in data["speed"])
+    assert set(data["ceilings_gflops"]) == {"fp32", "bf16", "int8"}

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -19,9 +20,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "bench", help="measure training memory and speed of presets side by side",
         description="Measure, per model and batch size: activation memory held for backward (deterministic "
                     "census), peak memory of a training step (fresh process), training step time and inference "
-                    "time on a 256x256 input (interleaved repetitions, median), and the ratios of the second model "
-                    "to the first. A model is a preset, optionally with ':IMPL' (eager, lean, fast), e.g. "
-                    "swinir-s:lean.")
+                    "time on a 256x256 input (interleaved repetitions, median), the ratios of the second model "
+                    "to the first, and a speed table: the machine's dense-GEMM ceiling per precision, each "
+                    "figure's FLOPs, achieved GFLOPS and fraction of that ceiling. A model is a preset, optionally "
+                    "with ':IMPL' (recompute, eager, chunked, sdpa) and '@PRECISION' (fp32, bf16, int8, auto; int8 "
+                    "is inference only), e.g. swinir-s:recompute or agileir-s@bf16.")
     p.add_argument("models", nargs="*", default=["swinir-s", "agileir-s"],
                    help="presets to compare; ratios are second / first (default: swinir-s agileir-s)")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 4, 16], help="batch sizes (default: 1 4 16)")
@@ -30,11 +33,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu",
                    help="auto (CUDA if available), cpu or cuda (default %(default)s)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="fp32 or bf16 autocast for the training steps and inference (default %(default)s)")
+                   help="fp32 or bf16 autocast for models without '@PRECISION' (default %(default)s)")
     p.add_argument("--grad-checkpoint", action="store_true",
                    help="gradient checkpointing per block (model.grad_checkpoint), for every model")
-    p.add_argument("--infer-size", type=int, default=256,
-                   help="side of the square input for the inference timing (default %(default)s)")
+    p.add_argument("--infer-size", nargs="+", default=["256"], metavar="N|WxH",
+                   help="inference inputs: a side (256) or WxH (640x360: a 1280x720 output at x2); several "
+                        "allowed (default 256)")
+    p.add_argument("--no-train", action="store_true",
+                   help="inference and the speed table only (no memory census, peak or training step)")
     p.add_argument("--repeats", type=int, default=3,
                    help="timed repetitions per figure, the median is reported (default %(default)s)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs before timing (default %(default)s)")
@@ -63,17 +69,18 @@ def memory_note(batches: list[int], patch: int, device: str, models: list[str]) 
     if batch < 16 or estimate < 1:
         return None
     where = "GPU memory" if device.startswith("cuda") else "RAM"
-    small = all(m.split(":")[0].lower() in ("swinir-s", "agileir-s") for m in models)
+    small = all(m.split(":")[0].split("@")[0].lower() in ("swinir-s", "agileir-s") for m in models)
     size = f"about {estimate:.0f} GB" if small else f"more than {estimate:.0f} GB (larger than the S presets)"
     return (f"agileir: note: the batch-{batch} training steps need {size} of {where} at LR patch {patch}; "
             f"use --batch 1 4 (or a smaller --patch) for a lighter run")
 
 
 def run(args: argparse.Namespace) -> int:
-    from agileir.engine.benchmark import Variant, format_table, ratio_rows, rows_as_dicts, run_benchmark
+    from agileir.engine.benchmark import Variant, format_table, parse_size, ratio_rows, rows_as_dicts, run_benchmark
+    from agileir.engine.speed import format_speed_table
     from agileir.fileio import atomic_path, atomic_write_text
 
-    from agileir.runtime import resolve_device
+    from agileir.runtime import cpu_capabilities, resolve_device
 
     if len(args.models) < 1:
         raise AgileIRError("name at least one model")
@@ -83,21 +90,32 @@ def run(args: argparse.Namespace) -> int:
     variants = [Variant.parse(m, args.scale, args.grad_checkpoint) for m in args.models]
     for v in variants:
         v.build(torch.device("meta"))  # fail fast on unknown presets / options
-    note = memory_note(args.batch, args.patch, args.device, args.models)
+    try:
+        sizes = [parse_size(s) for s in args.infer_size]
+    except ValueError as exc:
+        raise AgileIRError(f"--infer-size: {exc}") from None
+    batches = [] if args.no_train else sorted(set(args.batch))
+    note = memory_note(batches, args.patch, args.device, args.models) if batches else None
     if note:
         print(note, file=sys.stderr, flush=True)
     # progress lines go to stderr, so stdout holds only the results (pipe- and file-friendly)
-    rows = run_benchmark(variants, sorted(set(args.batch)), patch=args.patch, device=args.device,
-                         precision=args.precision, infer_size=args.infer_size, repeats=args.repeats,
-                         warmup=args.warmup, measure_peak=not args.no_peak, threads=args.threads,
-                         progress=lambda line: print(line, file=sys.stderr, flush=True))
+    result = run_benchmark(variants, batches, patch=args.patch, device=args.device,
+                           precision=args.precision, infer_sizes=sizes, repeats=args.repeats,
+                           warmup=args.warmup, measure_peak=not args.no_peak, threads=args.threads,
+                           progress=lambda line: print(line, file=sys.stderr, flush=True))
+    rows = result.rows
     base, other = args.models[0], args.models[-1]
     print(f"{args.device} {args.precision}, x{args.scale}, LR patch {args.patch}, checkpointing "
           f"{'on' if args.grad_checkpoint else 'off'}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(format_table(rows, base, other))
+    if batches:
+        print(format_table(rows, base, other))
+        print()
+    print(format_speed_table(result.speed, result.ceilings, torch.get_num_threads()))
     if args.out:
         settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
-        payload = {"settings": settings, "rows": rows_as_dicts(rows), "ratios": ratio_rows(rows, base, other)}
+        speed = [{**asdict(r), "gflops": r.gflops, "fraction": r.fraction} for r in result.speed]
+        payload = {"settings": settings, "rows": rows_as_dicts(rows), "ratios": ratio_rows(rows, base, other),
+                   "ceilings_gflops": result.ceilings, "speed": speed, "cpu": cpu_capabilities()}
         atomic_write_text(args.out / "bench.json", json.dumps(payload, indent=2))
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(rows_as_dicts(rows)[0]))
@@ -105,12 +123,20 @@ def run(args: argparse.Namespace) -> int:
         writer.writerows(rows_as_dicts(rows))
         atomic_write_text(args.out / "bench.csv", buf.getvalue())
         try:
+            if not batches:
+                raise _NoPlot
             with atomic_path(args.out / "bench.png") as tmp:
                 plot(rows, tmp, title=f"{args.device} {args.precision}, LR patch {args.patch}")
         except ImportError:
             print("agileir: note: matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr)
+        except _NoPlot:
+            pass
         print(f"wrote {args.out}/bench.json, bench.csv" + (", bench.png" if (args.out / "bench.png").exists() else ""))
     return 0
+
+
+class _NoPlot(Exception):
+    """Nothing to plot (an inference-only run)."""
 
 
 def plot(rows, path: Path, title: str) -> None:

@@ -5,8 +5,14 @@ Per model and batch size:
    :mod:`agileir.engine.memory` (distinct storages saved by autograd, parameters excluded);
 2. peak memory of a full training step (forward, L1 loss, backward, Adam step) in a fresh
    process: peak RSS on CPU, the CUDA allocator's peak on GPU;
-3. training step time and inference time on a 256x256 input: warm-up, then repetitions
-   interleaved across models so drifting machine speed affects all alike; the median is reported.
+3. training step time and inference time on each inference size (default 256x256): warm-up,
+   then repetitions interleaved across models so drifting machine speed affects all alike; the
+   median is reported;
+4. the speed table (:mod:`agileir.engine.speed`): each figure's FLOPs, achieved GFLOPS and the
+   fraction of the dense-GEMM ceiling of its precision, measured in the same run.
+
+A model is ``preset[:attention_impl][@precision]``, e.g. ``swinir-s:sdpa@bf16`` or
+``agileir-s@int8`` (inference only); without ``@`` the run's precision applies.
 """
 
 from __future__ import annotations
@@ -22,31 +28,49 @@ from typing import Any
 
 import torch
 
+from agileir.engine.speed import SpeedRow, gemm_ceiling, inference_gflop, training_step_gflop
+from agileir.inference.precision import precision_context, prepare_precision
 from agileir.models.presets import build_model
-from agileir.runtime import autocast, peak_memory_bytes, reset_cuda_peak, synchronize
+from agileir.runtime import PRECISIONS, autocast, check_inference_precision, peak_memory_bytes, reset_cuda_peak, \
+    synchronize
 
 MiB = 2 ** 20
 
 
 @dataclass
 class Variant:
-    """One model setting to measure: a preset plus option overrides, e.g. ``swinir-s:recompute``
-    (``preset:attention_impl``)."""
+    """One model setting to measure: a preset plus option overrides and a precision, e.g.
+    ``swinir-s:recompute`` (``preset:attention_impl``) or ``agileir-s@bf16``."""
 
     spec: str
     preset: str
     overrides: dict[str, Any] = field(default_factory=dict)
+    precision: str | None = None  # None: the run's
 
     @classmethod
     def parse(cls, spec: str, scale: int, checkpoint: bool) -> "Variant":
-        preset, _, impl = spec.partition(":")
+        name, _, precision = spec.partition("@")
+        preset, _, impl = name.partition(":")
         overrides: dict[str, Any] = {"scale": scale, "grad_checkpoint": checkpoint}
         if impl:
             overrides["attention_impl"] = impl
-        return cls(spec, preset, overrides)
+        if precision:
+            check_inference_precision(precision)
+        return cls(spec, preset, overrides, precision or None)
 
     def build(self, device: torch.device) -> torch.nn.Module:
         return build_model(self.preset, **self.overrides).to(device)
+
+    def precision_for(self, default: str) -> str:
+        return self.precision or default
+
+    def trains(self, default: str) -> bool:
+        """False for inference-only precisions (int8)."""
+        return self.precision_for(default) in PRECISIONS
+
+    def build_for_inference(self, device: torch.device, default: str) -> tuple[torch.nn.Module, str]:
+        """The eval-mode model prepared for its precision, and that precision resolved."""
+        return prepare_precision(self.build(device).eval(), self.precision_for(default), device)
 
 
 @dataclass
@@ -139,47 +163,99 @@ def median_times(fns: dict[str, Any], repeats: int, warmup: int, device: torch.d
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
+def parse_size(text: str | int) -> tuple[int, int]:
+    """``256`` -> (256, 256); ``640x360`` -> (360, 640) as (height, width)."""
+    t = str(text).lower()
+    w, _, h = t.partition("x")
+    try:
+        width, height = int(w), int(h or w)
+    except ValueError:
+        raise ValueError(f"size must be N or WxH, got {text!r}") from None
+    if width < 1 or height < 1:
+        raise ValueError(f"size must be positive, got {text!r}")
+    return height, width
+
+
+@dataclass
+class BenchResult:
+    """The memory/step table's rows and the speed table's."""
+
+    rows: list[Row]
+    speed: list[SpeedRow]
+    ceilings: dict[str, float]
+
+
 def run_benchmark(variants: list[Variant], batches: list[int], patch: int = 64, device: str = "cpu",
-                  precision: str = "fp32", infer_size: int = 256, repeats: int = 3, warmup: int = 1,
-                  measure_peak: bool = True, threads: int | None = None, progress=print) -> list[Row]:
+                  precision: str = "fp32", infer_sizes: list[tuple[int, int]] | None = None, repeats: int = 3,
+                  warmup: int = 1, measure_peak: bool = True, threads: int | None = None,
+                  progress=print) -> BenchResult:
+    """Every figure of every variant, measured side by side (see the module docstring).
+
+    ``batches`` may be empty: inference and the speed table only. ``infer_sizes`` are
+    (height, width) inputs (default 256x256); the memory table's ``infer_ms`` is the first's.
+    """
     dev = torch.device(device)
+    sizes = infer_sizes or [(256, 256)]
     rows: dict[tuple[str, int], Row] = {}
+    speed: list[SpeedRow] = []
+    progress("[bench] dense-GEMM ceiling")
+    measured = ["fp32", "bf16"] + (["int8"] if any(v.precision_for(precision) == "int8" for v in variants) else [])
+    ceilings = {p: gemm_ceiling(p, dev) for p in measured}
     for batch in batches:
+        trained = [v for v in variants if v.trains(precision)]
         for v in variants:
             row = rows[v.spec, batch] = Row(v.spec, batch)
+            if v not in trained:
+                continue
+            p = v.precision_for(precision)
             progress(f"[bench] {v.spec} batch {batch}: activation census")
-            row.activation_mib = activation_bytes(v, batch, patch, dev, precision) / MiB
+            row.activation_mib = activation_bytes(v, batch, patch, dev, p) / MiB
             gc.collect()
             if measure_peak:
                 progress(f"[bench] {v.spec} batch {batch}: peak memory (fresh process)")
-                peak = peak_step_bytes(v, batch, patch, device, precision, threads)
+                peak = peak_step_bytes(v, batch, patch, device, p, threads)
                 row.peak_mib = None if peak is None else peak / MiB
         progress(f"[bench] batch {batch}: training step time, interleaved")
-        steps = {}
-        for v in variants:
+        steps, flops = {}, {}
+        for v in trained:
+            p = v.precision_for(precision)
             torch.manual_seed(0)
             model = v.build(dev).train()
             opt = torch.optim.Adam(model.parameters(), lr=1e-4)
             lr, hr = make_batch(model, batch, patch, dev)
-            steps[v.spec] = (lambda m=model, o=opt, a=lr, b=hr: training_step(m, o, a, b, precision))
+            flops[v.spec] = training_step_gflop(v.build(torch.device("cpu")), batch, patch, p)
+            steps[v.spec] = (lambda m=model, o=opt, a=lr, b=hr, p=p: training_step(m, o, a, b, p))
         for spec, sec in median_times(steps, repeats, warmup, dev).items():
             rows[spec, batch].step_ms = sec * 1e3
+            v = next(v for v in trained if v.spec == spec)
+            p = v.precision_for(precision)
+            speed.append(SpeedRow(spec, p, f"step b{batch} p{patch}", flops[spec], sec * 1e3, ceilings.get(p)))
         del steps
         gc.collect()
-    progress(f"[bench] inference on {infer_size}x{infer_size}, interleaved")
-    infers = {}
-    for v in variants:
-        model = v.build(dev).eval()
-        x = torch.rand(1, model.config.in_chans, infer_size, infer_size, device=dev)
+    for h, w in sizes:
+        progress(f"[bench] inference on {w}x{h}, interleaved")
+        infers, resolved, flops = {}, {}, {}
+        for v in variants:
+            model, p = v.build_for_inference(dev, precision)
+            resolved[v.spec] = p
+            flops[v.spec] = inference_gflop(v.build(torch.device("cpu")), h, w)
+            x = torch.rand(1, model.config.in_chans, h, w, device=dev)
 
-        def infer(m=model, x=x):
-            with torch.inference_mode(), autocast(dev, precision):
-                m(x)
-        infers[v.spec] = infer
-    for spec, sec in median_times(infers, repeats, warmup, dev).items():
-        for batch in batches:
-            rows[spec, batch].infer_ms = sec * 1e3
-    return list(rows.values())
+            def infer(m=model, x=x, p=p):
+                with torch.inference_mode(), precision_context(dev, p):
+                    m(x)
+            infers[v.spec] = infer
+        for spec, sec in median_times(infers, repeats, warmup, dev).items():
+            if (h, w) == sizes[0]:
+                for batch in batches:
+                    rows[spec, batch].infer_ms = sec * 1e3
+                if not batches:
+                    rows.setdefault((spec, 0), Row(spec, 0)).infer_ms = sec * 1e3
+            p = resolved[spec]
+            speed.append(SpeedRow(spec, p, f"infer {w}x{h}", flops[spec], sec * 1e3, ceilings.get(p)))
+        del infers
+        gc.collect()
+    return BenchResult(list(rows.values()), speed, ceilings)
 
 
 def ratio_rows(rows: list[Row], base: str, other: str) -> list[dict[str, Any]]:

@@ -24,13 +24,16 @@ def multiply_adds(model: nn.Module, out_height: int = 720, out_width: int = 1280
     Returns {"total", "attention", "layers"}: the attention matmuls (q k^T and A v, batched
     matmuls) and everything else (convolutions and linear layers). Pointwise work (softmax,
     LayerNorm, GELU) is not counted, as is usual for MAC figures; published SwinIR figures count
-    only the layers.
+    only the layers. Counted with the eager kernel, whichever kernel the model would run.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
     config = model.config
     h, w = -(-out_height // config.scale), -(-out_width // config.scale)
     meta = copy.deepcopy(model).to("meta").eval()
+    for module in meta.modules():  # the model's maths, not a kernel's padding (SDPA pads GSWA's q/k)
+        if hasattr(module, "attention_impl"):
+            module.attention_impl = "eager"
     x = torch.empty(1, config.in_chans, h, w, device="meta")
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():

@@ -1,0 +1,119 @@
+"""How close a model runs to the machine: the dense-GEMM ceiling and achieved GFLOPS.
+
+The ceiling is what this machine's matrix kernels reach on one large square product in the
+same process and thread count as the models (fp32 and bf16 through ``torch.matmul``; int8
+through the same quantized linear kernel the int8 models use). A model's work is the FLOPs
+PyTorch's FlopCounterMode counts for its forward pass (inference) or for a whole training
+step, forward and backward with every recomputation (training); achieved GFLOPS is that over
+the median time, and the fraction is against the ceiling of the precision it ran in.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from agileir.models.complexity import multiply_adds
+from agileir.runtime import synchronize
+
+
+@dataclass
+class SpeedRow:
+    """One measured figure of the speed table."""
+
+    model: str
+    precision: str
+    what: str  # "infer 256x256" or "step b16 p64"
+    gflop: float | None
+    ms: float | None
+    ceiling_gflops: float | None
+
+    @property
+    def gflops(self) -> float | None:
+        return None if not self.gflop or not self.ms else self.gflop / (self.ms / 1e3)
+
+    @property
+    def fraction(self) -> float | None:
+        g = self.gflops
+        return None if g is None or not self.ceiling_gflops else g / self.ceiling_gflops
+
+
+def _median(fn, repeats: int, device: torch.device) -> float:
+    fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
+def gemm_ceiling(precision: str, device: torch.device, size: int = 2048, repeats: int = 5) -> float:
+    """GFLOPS (int8: GOPS) of one ``size`` x ``size`` x ``size`` product in ``precision`` here."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=g)
+    b = torch.randn(size, size, generator=g)
+    if precision == "int8":
+        if device.type != "cpu":
+            raise ValueError("int8 runs on the CPU only")
+        from agileir.models.quantize import quantize_int8
+
+        layer = quantize_int8(torch.nn.Sequential(torch.nn.Linear(size, size, bias=False)))
+        with torch.no_grad():
+            seconds = _median(lambda: layer(a), repeats, device)
+    else:
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        a, b = a.to(device, dtype), b.to(device, dtype)
+        seconds = _median(lambda: a @ b, repeats, device)
+    return 2 * size ** 3 / seconds / 1e9
+
+
+def inference_gflop(model: torch.nn.Module, height: int, width: int) -> float:
+    """GFLOP (2 x multiply-adds) of one forward pass on a ``height`` x ``width`` input."""
+    s = int(model.config.scale) if model.config.task == "sr" else 1
+    return 2 * multiply_adds(model, height * s, width * s)["total"] / 1e9
+
+
+def training_step_gflop(model: torch.nn.Module, batch: int, patch: int, precision: str) -> float:
+    """GFLOP of one training step (forward, L1 loss, backward) at ``batch`` x ``patch``^2, counted on
+    one sample in train mode (the recompute paths included) and scaled by the batch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from agileir.runtime import autocast
+
+    cfg = model.config
+    s = int(cfg.scale) if cfg.task == "sr" else 1
+    x = torch.rand(1, cfg.in_chans, patch, patch)
+    y = torch.rand(1, cfg.in_chans, patch * s, patch * s)
+    model = model.train()
+    counter = FlopCounterMode(display=False)
+    with warnings.catch_warnings(), counter:
+        warnings.simplefilter("ignore")
+        with autocast(torch.device("cpu"), precision):
+            loss = torch.nn.functional.l1_loss(model(x).float(), y)
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() * batch / 1e9
+
+
+def format_speed_table(rows: list[SpeedRow], ceilings: dict[str, float], threads: int) -> str:
+    """The ceiling line and one line per figure."""
+    unit = {"int8": "GOPS"}
+    ceil = ", ".join(f"{p} {v:.0f} {unit.get(p, 'GFLOPS')}" for p, v in ceilings.items())
+    lines = [f"ceiling (one 2048^3 matrix product, {threads} thread{'s' if threads > 1 else ''}): {ceil}"]
+    head = f"{'model':<22} {'prec.':<5} {'figure':<18} {'GFLOP':>8} {'ms':>9} {'GFLOPS':>8} {'of ceiling':>10}"
+    lines += [head, "-" * len(head)]
+    fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
+    for r in rows:
+        frac = "n/a" if r.fraction is None else f"{100 * r.fraction:.1f}%"
+        lines.append(f"{r.model:<22} {r.precision:<5} {r.what:<18} {fmt(r.gflop, '.1f'):>8} {fmt(r.ms, '.0f'):>9} "
+                     f"{fmt(r.gflops, '.1f'):>8} {frac:>10}")
+    return "\n".join(lines)
+
+
+__all__ = ["SpeedRow", "gemm_ceiling", "inference_gflop", "training_step_gflop", "format_speed_table"]
