@@ -153,3 +153,32 @@ def test_gradcheck_attention_parameters(attention):
         return functional_call(block, {f"attn.{n}": p for n, p in zip(names, ps)}, (x, mask)).sum(-1)
 
     assert torch.autograd.gradcheck(f, params, eps=1e-6, atol=1e-5, fast_mode=True)
+
+
+def test_inference_uses_sdpa_and_agrees_with_the_eager_kernel() -> None:
+    from agileir.models.presets import build_model
+
+    torch.manual_seed(0)
+    tiny = dict(embed_dim=12, depths=(2,), num_heads=(3,), window_size=4, key_dim=2, scale=2)
+    model = build_model("agileir-s", **tiny).eval()
+    eager = build_model("agileir-s", **tiny, attention_impl="eager").eval()
+    eager.load_state_dict(model.state_dict())
+    x = torch.rand(1, 3, 12, 20)
+    block = model.layers[0].residual_group.blocks[1]
+    with torch.no_grad():
+        assert block.plan(x).kernel == "sdpa"
+        out, ref = model(x), eager(x)
+    assert block.plan(x).kernel == "eager"  # with gradients: a kernel autograd can train
+    assert (out - ref).abs().max().item() < 1e-5
+
+
+def test_shift_masks_are_kept_in_the_scores_dtype() -> None:
+    from agileir.models.windows import ShiftMaskCache
+
+    cache = ShiftMaskCache(4, 2)
+    cache.value = float("-inf")
+    m32 = cache.get(8, 8, torch.device("cpu"))
+    m16 = cache.get(8, 8, torch.device("cpu"), torch.bfloat16)
+    assert m32.dtype == torch.float32 and m16.dtype == torch.bfloat16
+    assert torch.equal(m16.float(), m32)  # 0 and -inf (or -100) are exact in bf16
+    assert cache.get(8, 8, torch.device("cpu"), torch.bfloat16) is m16

@@ -234,3 +234,18 @@ def test_cuda_kernels_match_eager() -> None:
             fast = K.sdpa_window_attention(*args, mask_c)
             assert fast.shape == ref.shape
             assert rel_err(fast, ref) < (1e-4 if dtype == torch.float32 else 2e-2)
+
+
+
+def test_cpu_sdpa_takes_the_flash_kernel_for_unequal_head_dims() -> None:
+    """GSWA's groups have 8-wide q/k and 10-wide v; unpadded, SDPA drops to its unfused math path."""
+    from torch.profiler import profile
+
+    q, k, v, bias, mask = make_inputs(b=1, nw=4, h=1, n=16, dk=8, dv=10, dtype=torch.float32)
+    with torch.no_grad():
+        ref = K.eager_window_attention(q, k, v, bias, mask)
+        with profile() as prof:
+            out = K.sdpa_window_attention(q, k, v, bias, mask)
+    names = {e.key for e in prof.key_averages()}
+    assert any("flash_attention" in n for n in names), sorted(names)
+    assert out.shape == ref.shape and (out - ref).abs().max().item() < 1e-5

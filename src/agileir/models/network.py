@@ -20,6 +20,7 @@ from agileir.models.config import NetworkConfig
 from agileir.models.recompute import lean_mlp, recompute_branch
 from agileir.models.windows import (ShiftMaskCache, is_exporting, too_small_for_window, traceable_shift_mask,
                                     window_partition, window_reverse)
+from agileir.runtime import compute_dtype
 
 RGB_MEAN = (0.4488, 0.4371, 0.4040)  # DIV2K mean, as in SwinIR
 
@@ -213,7 +214,7 @@ class RestorationTransformer(nn.Module):
             mask = traceable_shift_mask(h, w, self.config.window_size, self.config.window_size // 2,
                                         x.device, self._masks.value)
         else:
-            mask = self._masks.get(h, w, x.device)
+            mask = self._masks.get(h, w, x.device, compute_dtype(x))  # values 0, -100, -inf: exact in bf16
         t = self.patch_embed(x.permute(0, 2, 3, 1))
         for layer in self.layers:
             t = layer(t, mask)

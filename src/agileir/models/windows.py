@@ -95,19 +95,23 @@ def traceable_shift_mask(height: int | torch.Tensor, width: int | torch.Tensor, 
 
 
 class ShiftMaskCache:
-    """Shift masks computed once per (feature size, device) and reused by every block."""
+    """Shift masks computed once per (feature size, device, dtype) and reused by every block.
+
+    The dtype is the one the attention scores are computed in (bf16 under autocast), so no block
+    converts the mask again: for one image the mask is as large as one group's scores.
+    """
 
     def __init__(self, window_size: int, shift: int, max_entries: int = 8) -> None:
         self.window_size, self.shift, self.max_entries = window_size, shift, max_entries
         self.value = MASK_VALUE
         self._masks: dict[tuple, torch.Tensor] = {}
 
-    def get(self, height: int, width: int, device: torch.device) -> torch.Tensor:
-        key = (height, width, str(device), self.value)
+    def get(self, height: int, width: int, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        key = (height, width, str(device), self.value, dtype)
         mask = self._masks.get(key)
         if mask is None:
             if len(self._masks) >= self.max_entries:
                 self._masks.pop(next(iter(self._masks)))
-            mask = shift_mask(height, width, self.window_size, self.shift, device, self.value)
+            mask = shift_mask(height, width, self.window_size, self.shift, device, self.value).to(dtype)
             self._masks[key] = mask
         return mask

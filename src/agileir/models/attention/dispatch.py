@@ -5,13 +5,15 @@ runtime option of :class:`~agileir.models.config.NetworkConfig`) names a policy:
 
 * ``auto`` -- SwinIR (``attention="window"``): the official math everywhere (eager kernel, -100
   shift mask), so ported checkpoints reproduce the official numbers. GSWA: the recompute policy
-  when training (the memory saving of AgileIR), eager on CPU and SDPA on CUDA for inference.
+  when training (the memory saving of AgileIR); SDPA for inference (on CPU PyTorch's flash
+  kernel, which needs q/k padded to v's width for GSWA's groups).
 * ``recompute`` -- the same policy as GSWA's ``auto``, for either attention: while training, each
   block keeps only its inputs and recomputes the attention branch in backward (with the eager
   kernel inside the recompute); the MLP keeps its input and its hidden layer.
 * ``eager``, ``chunked``, ``sdpa`` -- that kernel always, no block recompute. ``chunked`` is the
   flash-style kernel of :mod:`agileir.models.attention.kernels` that saves the row
   log-sum-exp instead of the N x N probabilities.
+
 
 Everything but SwinIR's official path masks shifted windows with -inf instead of -100: exact
 zeros instead of float32 subnormals (exp(-100)), which slow CPU matrix products about tenfold.
@@ -73,9 +75,10 @@ def plan_attention(attention: str, impl: str, *, device_type: str, training: boo
         raise ValueError(f"attention_impl must be one of {IMPLS}, got {impl!r}")
     if training and grad_enabled and not grad_checkpoint:
         return AttentionPlan("eager", True)
-    # inference: eager with an exact-zero mask measured 2x faster than SDPA on CPU for GSWA's
-    # one-head groups (1024 windows, N=64: 41 ms vs 92 ms); SDPA's fused kernels win on CUDA
-    return AttentionPlan("sdpa" if device_type == "cuda" and not grad_enabled else "eager", False)
+    if grad_enabled:  # eval mode with gradients (attribution, tests): a differentiable kernel
+        return AttentionPlan("eager", False)
+    # inference: SDPA's fused kernels (on CPU its flash kernel, GSWA's q/k padded to v's width)
+    return AttentionPlan("sdpa", False)
 
 
 __all__ = ["IMPLS", "KERNELS", "LEGACY_IMPLS", "AttentionPlan", "canonical_impl", "is_official", "mask_value",

@@ -79,7 +79,7 @@ class GroupShiftedWindowAttention(RelativePositionBias):
         for j, x_j in enumerate(x.split(self.group_dim, dim=-1)):
             z = x_j if y is None else x_j + y
             q, k, v = self.group_qkv_projection(j, z)
-            if kernel == "eager":  # (B_, N, C/G)
+            if kernel == "eager":  # (B_, N, C/G); the 3-D form of the eager kernel
                 y = group_attention(q, k, v, bias[j], mask)
             else:
                 y = run_kernel(kernel, q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), bias[j:j + 1], mask).squeeze(1)

@@ -250,6 +250,10 @@ def _pad_last(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, (0, pad)) if pad else x
 
 
+def _pad_to(x: torch.Tensor, d: int) -> torch.Tensor:
+    return F.pad(x, (0, d - x.shape[-1])) if x.shape[-1] < d else x
+
+
 def sdpa_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                           bias: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
     """One ``scaled_dot_product_attention`` call with scale 1 (q is pre-scaled).
@@ -257,8 +261,9 @@ def sdpa_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     bias and mask are folded into one additive float mask of shape (nW, h, N, N) (once per call,
     not per image: the batch of images is a broadcast dimension; with a single image it is as
     large as one score tensor). On CUDA, head dims are zero-padded to a multiple of 8 so the
-    memory-efficient backend applies (zero columns change neither q k^T nor, after slicing, the
-    output). Differentiable through SDPA.
+    memory-efficient backend applies; on CPU, q/k and v are zero-padded to one head dim so the
+    flash kernel applies (zero columns change neither q k^T nor, after slicing, the output).
+    Differentiable through SDPA.
     """
     _check_shapes(q, k, v, bias, mask)
     if not torch.is_grad_enabled():
@@ -277,6 +282,11 @@ def sdpa_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         attn_mask = m if attn_mask is None else attn_mask + m  # (nW, h or 1, N, N)
     if q.is_cuda:
         q, k, v = _pad_last(q, 8), _pad_last(k, 8), _pad_last(v, 8)
+    elif q.shape[-1] != dv:
+        # PyTorch's CPU flash kernel needs one head dim for q, k and v; otherwise SDPA falls back
+        # to its unfused math path (GSWA's 8-wide q/k against 10-wide v: 4x slower, measured)
+        d = max(q.shape[-1], dv)
+        q, k, v = _pad_to(q, d), _pad_to(k, d), _pad_to(v, d)
     nw = 1 if attn_mask is None else attn_mask.shape[0]
     if nw > 1:
         # Fold windows into the head dimension: (B, nW*h, N, d) against a (1, nW*h', N, N) mask
