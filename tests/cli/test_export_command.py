@@ -54,7 +54,7 @@ def test_export_static_onnx_with_opset(tmp_path, capsys):
 def test_export_without_target_is_one_line_error(tmp_path, capsys):
     assert main(["export", str(_weights(tmp_path))]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--onnx PATH and/or --torchscript PATH" in err
+    assert len(err.splitlines()) == 1 and "--onnx PATH, --torchscript PATH and/or --safetensors PATH" in err
 
 
 def test_export_without_onnx_package(tmp_path, capsys, monkeypatch):
@@ -74,3 +74,28 @@ def test_export_bad_opset_and_size(tmp_path, capsys):
     assert main(["export", weights, "--torchscript", str(tmp_path / "a.pt"), "--size", "40x2"]) == 2
     assert "too small" in capsys.readouterr().err
     assert not (tmp_path / "a.onnx").exists() and not (tmp_path / "a.pt").exists()
+
+
+def test_export_int8_onnx_and_safetensors(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from agileir.models.loading import load_model
+    from agileir.models.quantize import is_quantized
+
+    onnx_path, st_path = tmp_path / "m8.onnx", tmp_path / "m8.safetensors"
+    code = main(["export", str(_weights(tmp_path)), "--int8", "--onnx", str(onnx_path), "--dynamic",
+                 "--safetensors", str(st_path), "--size", "24x16"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    ops = {n.op_type for n in onnx.load(str(onnx_path)).graph.node}
+    assert "MatMulInteger" in ops and "ConvInteger" not in ops  # the linear layers only, as in PyTorch
+    onnx_diff, file_diff = _differences(out)
+    assert 0 < onnx_diff < 5e-2  # int8 rounding, not a broken graph (cli/export.py: INT8_TOLERANCE)
+    assert file_diff == 0.0  # the int8 safetensors file round-trips bit for bit
+    assert is_quantized(load_model(st_path))
+
+
+def test_export_int8_torchscript_is_refused(tmp_path, capsys):
+    assert main(["export", str(_weights(tmp_path)), "--int8", "--torchscript", str(tmp_path / "m.pt")]) == 2
+    assert "not to TorchScript" in capsys.readouterr().err

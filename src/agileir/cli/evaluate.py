@@ -65,8 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, metavar="PATH", help="write per-image and mean results as JSON")
     p.add_argument("--csv", type=Path, metavar="PATH", help="write per-image and mean results as CSV")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="fp32",
-                   help="fp32 (default, the reference), bf16 (autocast), int8 (linear layers quantized, CPU) or "
+    p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default=None,
+                   help="fp32 (default; int8 for int8 weights files), bf16 (autocast), int8 (linear layers quantized, CPU) or "
                         "auto (bf16 where the device has bf16 units); measures what each costs in PSNR")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="CPU threads (default: torch's default, at most the CPUs this process may use)")

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
+from pathlib import Path
 
 from agileir.errors import ConfigError
 
 TOLERANCE = 1e-3  # max abs difference (images in [0, 1]) above which the check fails
+# int8 files against the float model: weights rounded to 1/254 of their range and activations
+# quantized per call move pixels by up to a few grey levels (measured 0.003-0.01 on the shipped
+# weights); 0.05 (13 of 255 levels) would be a broken quantization, not rounding
+INT8_TOLERANCE = 5e-2
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -23,14 +29,20 @@ def _size(text: str) -> tuple[int, int]:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "export", help="export a model to ONNX and/or TorchScript",
-        description="Export a preset (random weights) or a weights file to ONNX (for onnxruntime) and/or "
-                    "TorchScript, then check each file against PyTorch on one random input and print the max "
-                    "abs difference. The model runs with eager attention in float32 on the CPU.")
+        "export", help="export a model to ONNX, TorchScript or safetensors (float or int8)",
+        description="Export a preset (random weights) or a weights file to ONNX (for onnxruntime), "
+                    "TorchScript and/or the project's safetensors, then check each file against PyTorch on one "
+                    "random input and print the max abs difference. The model runs with eager attention in "
+                    "float32 on the CPU. --int8 quantizes the linear layers (dynamic int8) in the ONNX file "
+                    "(onnxruntime's quantizer) and in the safetensors file (PyTorch's).")
     p.add_argument("model", help="preset name (e.g. agileir-s) or weights file (.safetensors / official .pth)")
     p.add_argument("--onnx", metavar="PATH", default=None, help="write an ONNX model here")
     p.add_argument("--torchscript", metavar="PATH", default=None,
                    help="write a traced TorchScript model here (takes any input size)")
+    p.add_argument("--safetensors", metavar="PATH", default=None,
+                   help="write the weights and configuration as agileir safetensors (e.g. from an official .pth)")
+    p.add_argument("--int8", action="store_true",
+                   help="int8 linear layers in the --onnx and --safetensors outputs (CPU inference; not TorchScript)")
     p.add_argument("--opset", type=int, default=None,
                    help="ONNX opset (default 17 with the legacy exporter, 18 with dynamo; legacy: 11-20)")
     p.add_argument("--dynamic", action="store_true",
@@ -51,8 +63,10 @@ def run(args: argparse.Namespace) -> int:
     from agileir.inference import export as ex
     from agileir.models.registry import resolve_model
 
-    if not args.onnx and not args.torchscript:
-        raise ConfigError("nothing to export: give --onnx PATH and/or --torchscript PATH")
+    if not args.onnx and not args.torchscript and not args.safetensors:
+        raise ConfigError("nothing to export: give --onnx PATH, --torchscript PATH and/or --safetensors PATH")
+    if args.int8 and args.torchscript:
+        raise ConfigError("--int8 applies to --onnx and --safetensors, not to TorchScript")
     model = ex.prepare_for_export(resolve_model(args.model, scale=args.scale, task=args.task))
     m = model.config.window_size
     sample = ex.check_size(args.size or ex.default_sample_size(m), m)
@@ -62,11 +76,16 @@ def run(args: argparse.Namespace) -> int:
     failed = False
 
     if args.onnx:
-        path = ex.export_onnx(model, args.onnx, opset=args.opset, dynamic=args.dynamic, sample_size=sample,
-                              exporter=args.exporter)
+        with tempfile.TemporaryDirectory() as tmp:
+            target = Path(tmp) / "float.onnx" if args.int8 else args.onnx
+            path = ex.export_onnx(model, target, opset=args.opset, dynamic=args.dynamic, sample_size=sample,
+                                  exporter=args.exporter)
+            if args.int8:
+                path = ex.quantize_onnx_int8(path, args.onnx)
         shape = "dynamic batch, height and width" if args.dynamic else \
             f"fixed input 1x{model.config.in_chans}x{sample[0]}x{sample[1]}"
-        print(f"wrote {path} ({name}, ONNX opset {ex.onnx_opset(path)}, {args.exporter} exporter, {shape})")
+        kind = ", int8 linear layers" if args.int8 else ""
+        print(f"wrote {path} ({name}, ONNX opset {ex.onnx_opset(path)}, {args.exporter} exporter, {shape}{kind})")
         if not args.no_check:
             try:
                 size = other if args.dynamic else sample
@@ -76,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
                     raise
                 print(f"  check skipped: {exc}")
             else:
-                failed |= _report("onnxruntime", model.config.in_chans, size, diff)
+                failed |= _report("onnxruntime", model.config.in_chans, size, diff,
+                                  INT8_TOLERANCE if args.int8 else TOLERANCE)
 
     if args.torchscript:
         path = ex.export_torchscript(model, args.torchscript, sample_size=sample)
@@ -84,14 +104,25 @@ def run(args: argparse.Namespace) -> int:
         if not args.no_check:
             diff = ex.verify_torchscript(model, path, size=other)
             failed |= _report("torch.jit.load", model.config.in_chans, other, diff)
+
+    if args.safetensors:
+        from agileir.models.loading import save_model
+        from agileir.models.quantize import quantize_int8
+
+        weights = quantize_int8(model) if args.int8 else model
+        path = save_model(weights, args.safetensors)
+        print(f"wrote {path} ({name}, agileir safetensors{', int8 linear layers' if args.int8 else ''})")
+        if not args.no_check:
+            diff = ex.verify_weights_file(weights, path, size=other)
+            failed |= _report("agileir load_model", model.config.in_chans, other, diff, 0.0)
     return 1 if failed else 0
 
 
-def _report(runtime: str, channels: int, size: tuple[int, int], diff: float) -> bool:
+def _report(runtime: str, channels: int, size: tuple[int, int], diff: float, tolerance: float = TOLERANCE) -> bool:
     """Print the check; True when it failed."""
     print(f"  {runtime} vs PyTorch on a 1x{channels}x{size[0]}x{size[1]} input: max abs difference {diff:.2e}")
-    if diff > TOLERANCE or diff != diff:
-        print(f"agileir: error: the exported model differs from PyTorch by {diff:.2e} (> {TOLERANCE:g}); "
+    if diff > tolerance or diff != diff:
+        print(f"agileir: error: the exported model differs from PyTorch by {diff:.2e} (> {tolerance:g}); "
               "please report this with the model and options", file=sys.stderr)
         return True
     return False

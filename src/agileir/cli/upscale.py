@@ -103,8 +103,8 @@ def _common(p: argparse.ArgumentParser, default_model: str | None, model_help: s
                         "default) or 0 (whole image)")
     p.add_argument("--tile-overlap", type=_int_in(0), default=DEFAULT_OVERLAP,
                    help="tile overlap in input pixels, smaller than the tile (default %(default)s)")
-    p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="fp32",
-                   help="fp32 (default, the reference), bf16 (autocast on the CPU's AMX/AVX-512 BF16 units or a "
+    p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default=None,
+                   help="fp32 (default; int8 for int8 weights files), bf16 (autocast on the CPU's AMX/AVX-512 BF16 units or a "
                         "GPU), int8 (linear layers quantized, CPU), or auto (bf16 where the device has bf16 units, "
                         "else fp32); bf16 and int8 change PSNR by under 0.01 dB on the shipped models")
     p.add_argument("--self-ensemble", action="store_true", help="average 8 flips/rotations (8x slower)")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import io
 import json
 import logging
 import os
@@ -147,6 +148,29 @@ def export_onnx(model: RestorationTransformer, path: str | os.PathLike, *, opset
     return path
 
 
+def quantize_onnx_int8(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """onnxruntime's dynamic int8 quantization of an exported file's weight matrix products.
+
+    The same scheme as ``--precision int8`` in PyTorch (:mod:`agileir.models.quantize`): the
+    MatMuls with a weight operand (the linear layers) get int8 weights and per-call int8
+    activations; convolutions and the attention products between activations stay float32.
+    The configuration metadata is kept.
+    """
+    _require("onnxruntime")
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    dst = Path(dst)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer's advice to pre-process (its shape inference fails on this graph)
+    try:
+        with atomic_path(dst) as tmp, contextlib.redirect_stdout(io.StringIO()):
+            quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+    finally:
+        root.setLevel(level)
+    return dst
+
+
 def onnx_opset(path: str | os.PathLike) -> int:
     """The default-domain opset an ONNX file was written for."""
     onnx = _require("onnx")
@@ -217,6 +241,18 @@ def verify_torchscript(model: RestorationTransformer, path: str | os.PathLike, *
     with torch.no_grad():
         out = loaded(x)
     return float((out - _reference(model, x)).abs().max())
+
+
+def verify_weights_file(model: torch.nn.Module, path: str | os.PathLike, *, size: tuple[int, int] | None = None,
+                        seed: int = 0) -> float:
+    """Max abs difference between ``model`` and the safetensors file loaded back (0 when it round-trips)."""
+    from agileir.models.loading import load_model
+
+    m = model.config.window_size
+    h, w = size or default_sample_size(m)
+    x = sample_input(model.config, check_size((h, w), m), 1, seed)
+    with torch.no_grad():
+        return float((load_model(path)(x) - model(x)).abs().max())
 
 
 def read_config_json(path: str | os.PathLike) -> dict:

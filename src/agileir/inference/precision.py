@@ -19,20 +19,23 @@ from agileir.models.quantize import is_quantized, quantize_int8
 from agileir.runtime import autocast, check_inference_precision, resolve_inference_precision
 
 
-def prepare_precision(model: torch.nn.Module, precision: str, device: torch.device) -> tuple[torch.nn.Module, str]:
+def prepare_precision(model: torch.nn.Module, precision: str | None, device: torch.device
+                      ) -> tuple[torch.nn.Module, str]:
     """``(model to run, resolved precision)``; int8 gets an int8 copy, the others ``model`` itself.
 
-    A model loaded from an int8 weights file runs in int8 (``auto`` or ``int8``); asking it for
-    another precision is refused in one line, since its float weights are gone.
+    ``None`` is the model's own precision: fp32, or int8 for a model loaded from an int8 weights
+    file. Such a model runs in int8 only (``None``, ``auto`` or ``int8``); asking it for another
+    precision is refused in one line, since its float weights are gone.
     """
-    check_inference_precision(precision)
+    if precision is not None:
+        check_inference_precision(precision)
     if is_quantized(model):
-        if precision not in ("auto", "int8"):
+        if precision not in (None, "auto", "int8"):
             raise ConfigError(f"these weights are int8 (quantized); they run with precision int8, not {precision}")
         if device.type != "cpu":
             raise ConfigError("int8 weights run on the CPU only; use --device cpu")
         return model, "int8"
-    precision = resolve_inference_precision(precision, device)
+    precision = resolve_inference_precision(precision or "fp32", device)
     if precision == "int8":
         return quantize_int8(model), precision
     return model, precision

@@ -178,8 +178,9 @@ class Restorer:
     Args:
         model: a :class:`~agileir.RestorationTransformer` (or compatible module with ``config``).
         device: ``auto``, ``cpu`` or ``cuda``.
-        precision: ``fp32``, ``bf16`` (autocast), ``int8`` (dynamic quantization of the linear
-            layers, CPU) or ``auto`` (bf16 where the device has bf16 units, else fp32); see
+        precision: None (the model's own: fp32, or int8 for int8 weights), ``fp32``, ``bf16``
+            (autocast), ``int8`` (dynamic quantization of the linear layers, CPU) or ``auto``
+            (bf16 where the device has bf16 units, else fp32); see
             :mod:`agileir.inference.precision`. float16 is not offered: SwinIR-type networks
             overflow its range. ``self.precision`` is the resolved one.
         tile: None or 0 (whole image, falling back to tiles on CUDA out-of-memory), a tile side
@@ -188,10 +189,11 @@ class Restorer:
         self_ensemble: average the eight flips/rotations (8x the time, about +0.1 dB).
     """
 
-    def __init__(self, model: torch.nn.Module, *, device: str | torch.device = "auto", precision: str = "fp32",
+    def __init__(self, model: torch.nn.Module, *, device: str | torch.device = "auto", precision: str | None = None,
                  tile: int | str | None = None, tile_overlap: int = DEFAULT_OVERLAP,
                  self_ensemble: bool = False) -> None:
-        check_inference_precision(precision)
+        if precision is not None:
+            check_inference_precision(precision)
         tile = parse_tile(tile)
         if isinstance(tile, int):
             check_tile(tile, model.config.window_size)
