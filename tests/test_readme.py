@@ -58,6 +58,8 @@ SKIP_COMMANDS: dict[str, str] = {
     "agileir bench --batch 16 --grad-checkpoint": BENCH,
     "agileir bench swinir-s:recompute agileir-s --precision bf16 --out bench/": BENCH,
     "agileir bench --device cuda --batch 16 64": NEEDS_GPU,
+    "agileir bench swinir-s swinir-s:sdpa@bf16 agileir-s agileir-s@bf16 agileir-s@int8 --no-train --infer-size 256 "
+    "640x360": "minutes of inference on large inputs; tests/engine/test_benchmark.py runs --no-train on tiny sizes",
     "pip install '.[onnx]'": INSTALLS,
     "agileir export weights.pth --onnx swinir.onnx --dynamic --opset 17":
         "an official SwinIR checkpoint of the user's; the same exporter runs above on shipped weights",
@@ -130,6 +132,10 @@ EXPECTED_OUTPUTS = {
     "agileir upscale scan.tif --tile 256 --precision bf16 --self-ensemble": {"scan_x2.tif": (80, 80)},
     "agileir export agileir-s_x4 --onnx agileir-s_x4.onnx --dynamic": {"agileir-s_x4.onnx": None},
     "agileir export agileir-s_x4 --torchscript agileir-s_x4.pt": {"agileir-s_x4.pt": None},
+    "agileir export agileir-s_x2 --int8 --onnx agileir-s_x2-int8.onnx --dynamic --safetensors "
+    "agileir-s_x2-int8.safetensors": {"agileir-s_x2-int8.onnx": None, "agileir-s_x2-int8.safetensors": None},
+    "agileir upscale photo.png -o fast/ --precision auto": {"fast/photo_x2.png": (140, 140)},
+    "agileir upscale photo.png -o small/ --precision int8": {"small/photo_x2.png": (140, 140)},
 }
 
 
