@@ -106,7 +106,7 @@ def _common(p: argparse.ArgumentParser, default_model: str | None, model_help: s
     p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default=None,
                    help="fp32 (default; int8 for int8 weights files), bf16 (autocast on the CPU's AMX/AVX-512 BF16 units or a "
                         "GPU), int8 (linear layers quantized, CPU), or auto (bf16 where the device has bf16 units, "
-                        "else fp32); bf16 and int8 change PSNR by under 0.01 dB on the shipped models")
+                        "else fp32); bf16 and int8 change PSNR-Y by at most 0.01 dB on the shipped models")
     p.add_argument("--self-ensemble", action="store_true", help="average 8 flips/rotations (8x slower)")
     p.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default %(default)s)")
     p.add_argument("--threads", type=_int_in(1), default=None, metavar="N",
