@@ -42,20 +42,19 @@ def resolve_device(name: str | torch.device | None, local_rank: int = 0) -> torc
     return torch.device("cpu")
 
 
-def check_precision(precision: str) -> str:
-    """``precision`` if it is one of :data:`PRECISIONS`, else a one-line :class:`ConfigError`."""
-    if precision not in PRECISIONS:
+def check_precision(precision: str, allowed: tuple[str, ...] = PRECISIONS) -> str:
+    """``precision`` if it is one of ``allowed`` (training's :data:`PRECISIONS` by default), else a
+    one-line :class:`ConfigError`."""
+    if precision not in allowed:
         hint = " (float16 overflows these networks; bf16 has its range)" if precision == "fp16" else ""
-        raise ConfigError(f"precision must be fp32 or bf16, got {precision!r}{hint}")
+        names = ", ".join(allowed[:-1]) + " or " + allowed[-1]
+        raise ConfigError(f"precision must be {names}, got {precision!r}{hint}")
     return precision
 
 
 def check_inference_precision(precision: str) -> str:
-    """``precision`` if it is one of :data:`INFERENCE_PRECISIONS`, else a one-line :class:`ConfigError`."""
-    if precision not in INFERENCE_PRECISIONS:
-        hint = " (float16 overflows these networks; bf16 has its range)" if precision == "fp16" else ""
-        raise ConfigError(f"precision must be one of {', '.join(INFERENCE_PRECISIONS)}, got {precision!r}{hint}")
-    return precision
+    """:func:`check_precision` against :data:`INFERENCE_PRECISIONS`."""
+    return check_precision(precision, INFERENCE_PRECISIONS)
 
 
 def cpu_capabilities() -> dict[str, bool]:
@@ -87,7 +86,7 @@ def fastest_precision(device: torch.device) -> str:
 def precision_note(precision: str, device: torch.device) -> str | None:
     """One line when ``precision`` will run without its hardware on this device (it still works)."""
     if device.type != "cpu":
-        return "agileir: note: int8 runs on the CPU only" if precision == "int8" else None
+        return None
     caps = cpu_capabilities()
     if precision == "bf16" and not (caps["amx"] or caps["avx512_bf16"]):
         return ("agileir: note: this CPU has no bf16 matrix units (AMX or AVX-512 BF16): bf16 works but is "

@@ -72,7 +72,7 @@ def test_prepare_precision_and_its_errors() -> None:
     assert same is model and p == "fp32"
     q, p = prepare_precision(model, "int8", CPU)
     assert p == "int8" and is_quantized(q) and not is_quantized(model)
-    with pytest.raises(ConfigError, match="precision must be one of"):
+    with pytest.raises(ConfigError, match="precision must be auto, fp32, bf16 or int8"):
         prepare_precision(model, "fp16", CPU)
     with pytest.raises(ConfigError, match="CPU only"):
         runtime.resolve_inference_precision("int8", torch.device("cuda"))

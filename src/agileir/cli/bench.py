@@ -123,20 +123,13 @@ def run(args: argparse.Namespace) -> int:
         writer.writerows(rows_as_dicts(rows))
         atomic_write_text(args.out / "bench.csv", buf.getvalue())
         try:
-            if not batches:
-                raise _NoPlot
-            with atomic_path(args.out / "bench.png") as tmp:
-                plot(rows, tmp, title=f"{args.device} {args.precision}, LR patch {args.patch}")
+            if batches:  # an inference-only run has no memory or step curves to plot
+                with atomic_path(args.out / "bench.png") as tmp:
+                    plot(rows, tmp, title=f"{args.device} {args.precision}, LR patch {args.patch}")
         except ImportError:
             print("agileir: note: matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr)
-        except _NoPlot:
-            pass
         print(f"wrote {args.out}/bench.json, bench.csv" + (", bench.png" if (args.out / "bench.png").exists() else ""))
     return 0
-
-
-class _NoPlot(Exception):
-    """Nothing to plot (an inference-only run)."""
 
 
 def plot(rows, path: Path, title: str) -> None:

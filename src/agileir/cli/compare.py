@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
+from agileir.engine.speed import median_times
 from agileir.models.presets import build_model
 
 
@@ -29,16 +28,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def run(args: argparse.Namespace) -> int:
     from agileir.engine.memory import saved_activation_bytes
     from agileir.models.complexity import count_parameters, multiply_adds
@@ -55,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         model.eval()
         xi = torch.rand(1, model.config.in_chans, args.infer_size, args.infer_size)
         with torch.no_grad():
-            seconds = _median_seconds(lambda: model(xi), args.repeats)
+            seconds = median_times({name: lambda: model(xi)}, args.repeats, 1, torch.device("cpu"))[name]
         rows.append((name, model.config.attention, count_parameters(model), macs["total"] / 1e9,
                      report.total_bytes / 2 ** 20, seconds * 1e3))
     header = ("model", "attention", "params", "GMACs@1280x720", f"act. MiB/{args.patch}px patch",

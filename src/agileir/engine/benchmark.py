@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import gc
 import json
-import statistics
 import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
-from agileir.engine.speed import SpeedRow, gemm_ceiling, inference_gflop, training_step_gflop
+from agileir.engine.speed import SpeedRow, gemm_ceiling, inference_gflop, median_times, training_step_gflop
 from agileir.inference.precision import precision_context, prepare_precision
 from agileir.models.presets import build_model
 from agileir.runtime import PRECISIONS, autocast, check_inference_precision, peak_memory_bytes, reset_cuda_peak, \
@@ -146,23 +144,6 @@ def _peak_worker(args: dict[str, Any]) -> dict[str, int]:
     return {"peak_bytes": peak}
 
 
-def median_times(fns: dict[str, Any], repeats: int, warmup: int, device: torch.device) -> dict[str, float]:
-    """Median seconds of each callable, repetitions interleaved across callables."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    synchronize(device)
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for key, fn in fns.items():
-            synchronize(device)
-            t = time.perf_counter()
-            fn()
-            synchronize(device)
-            samples[key].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in samples.items()}
-
-
 def parse_size(text: str | int) -> tuple[int, int]:
     """``256`` -> (256, 256); ``640x360`` -> (360, 640) as (height, width)."""
     t = str(text).lower()
@@ -201,8 +182,8 @@ def run_benchmark(variants: list[Variant], batches: list[int], patch: int = 64, 
     progress("[bench] dense-GEMM ceiling")
     measured = ["fp32", "bf16"] + (["int8"] if any(v.precision_for(precision) == "int8" for v in variants) else [])
     ceilings = {p: gemm_ceiling(p, dev) for p in measured}
+    trained = [v for v in variants if v.trains(precision)]
     for batch in batches:
-        trained = [v for v in variants if v.trains(precision)]
         for v in variants:
             row = rows[v.spec, batch] = Row(v.spec, batch)
             if v not in trained:

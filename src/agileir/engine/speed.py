@@ -10,9 +10,11 @@ the median time, and the fraction is against the ceiling of the precision it ran
 
 from __future__ import annotations
 
+import statistics
 import time
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -41,16 +43,21 @@ class SpeedRow:
         return None if g is None or not self.ceiling_gflops else g / self.ceiling_gflops
 
 
-def _median(fn, repeats: int, device: torch.device) -> float:
-    fn()
+def median_times(fns: dict[str, Any], repeats: int, warmup: int, device: torch.device) -> dict[str, float]:
+    """Median seconds of each callable, repetitions interleaved across callables."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
     synchronize(device)
-    times = []
+    samples: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
+        for key, fn in fns.items():
+            synchronize(device)
+            t = time.perf_counter()
+            fn()
+            synchronize(device)
+            samples[key].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in samples.items()}
 
 
 def gemm_ceiling(precision: str, device: torch.device, size: int = 2048, repeats: int = 5) -> float:
@@ -65,17 +72,17 @@ def gemm_ceiling(precision: str, device: torch.device, size: int = 2048, repeats
 
         layer = quantize_int8(torch.nn.Sequential(torch.nn.Linear(size, size, bias=False)))
         with torch.no_grad():
-            seconds = _median(lambda: layer(a), repeats, device)
+            seconds = median_times({"int8": lambda: layer(a)}, repeats, 1, device)["int8"]
     else:
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         a, b = a.to(device, dtype), b.to(device, dtype)
-        seconds = _median(lambda: a @ b, repeats, device)
+        seconds = median_times({precision: lambda: a @ b}, repeats, 1, device)[precision]
     return 2 * size ** 3 / seconds / 1e9
 
 
 def inference_gflop(model: torch.nn.Module, height: int, width: int) -> float:
     """GFLOP (2 x multiply-adds) of one forward pass on a ``height`` x ``width`` input."""
-    s = int(model.config.scale) if model.config.task == "sr" else 1
+    s = int(model.config.scale)  # 1 for denoising and JPEG models
     return 2 * multiply_adds(model, height * s, width * s)["total"] / 1e9
 
 
@@ -87,7 +94,7 @@ def training_step_gflop(model: torch.nn.Module, batch: int, patch: int, precisio
     from agileir.runtime import autocast
 
     cfg = model.config
-    s = int(cfg.scale) if cfg.task == "sr" else 1
+    s = int(cfg.scale)
     x = torch.rand(1, cfg.in_chans, patch, patch)
     y = torch.rand(1, cfg.in_chans, patch * s, patch * s)
     model = model.train()
@@ -116,4 +123,4 @@ def format_speed_table(rows: list[SpeedRow], ceilings: dict[str, float], threads
     return "\n".join(lines)
 
 
-__all__ = ["SpeedRow", "gemm_ceiling", "inference_gflop", "training_step_gflop", "format_speed_table"]
+__all__ = ["SpeedRow", "median_times", "gemm_ceiling", "inference_gflop", "training_step_gflop", "format_speed_table"]

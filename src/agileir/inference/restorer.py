@@ -21,7 +21,7 @@ from agileir.errors import ConfigError, ImageError
 from agileir.inference.ensemble import TRANSFORMS, self_ensemble
 from agileir.inference.tiling import DEFAULT_OVERLAP, Progress, check_overlap, check_tile, run_model, tile_starts
 from agileir.inference.precision import precision_context, prepare_precision
-from agileir.runtime import INFERENCE_PRECISIONS, check_inference_precision, resolve_device
+from agileir.runtime import INFERENCE_PRECISIONS, resolve_device
 
 ImageLike = Union[np.ndarray, Image.Image, torch.Tensor]
 _LUMA = (0.299, 0.587, 0.114)  # BT.601 weights: colour model output back to a gray image
@@ -192,8 +192,6 @@ class Restorer:
     def __init__(self, model: torch.nn.Module, *, device: str | torch.device = "auto", precision: str | None = None,
                  tile: int | str | None = None, tile_overlap: int = DEFAULT_OVERLAP,
                  self_ensemble: bool = False) -> None:
-        if precision is not None:
-            check_inference_precision(precision)
         tile = parse_tile(tile)
         if isinstance(tile, int):
             check_tile(tile, model.config.window_size)
