@@ -13,7 +13,7 @@ from PIL import Image
 
 from agileir.engine import checkpoint as ckpt
 from agileir.engine.config import load_config
-from agileir.engine.train import train
+from agileir.engine.train import Trainer, train
 
 
 def _images(folder: Path) -> Path:
@@ -52,6 +52,7 @@ def test_stop_and_resume_is_bitwise_identical(tmp_path: Path) -> None:
 
     first = train(_config(tmp_path, "split"), stop_at=3)
     assert first.iteration == 3 and first.weights is None
+    resumed_clock = Trainer(_config(tmp_path, "split"), resume="auto").train_seconds
     second = train(_config(tmp_path, "split"), resume="auto")
     assert second.iteration == 7
 
@@ -73,6 +74,13 @@ def test_stop_and_resume_is_bitwise_identical(tmp_path: Path) -> None:
     log_a = (whole.run_dir / "train_log.csv").read_text().splitlines()
     log_b = (second.run_dir / "train_log.csv").read_text().splitlines()
     assert [r.split(",")[:3] for r in log_a] == [r.split(",")[:3] for r in log_b]
+    # the training clock is carried across the resume (equal-time comparisons read it)
+    import csv
+
+    rows = list(csv.DictReader(log_b))
+    clock = [float(r["train_s"]) for r in rows]
+    assert all(b > a for a, b in zip(clock, clock[1:])) and float(rows[-1]["train_cpu_s"]) > 0
+    assert resumed_clock == pytest.approx(clock[2], rel=1e-6)  # what iteration 3 logged
 
 
 def test_resume_after_a_crash_replays_the_lost_iterations(tmp_path: Path) -> None:

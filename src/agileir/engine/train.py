@@ -129,6 +129,10 @@ class Trainer:
         self.max_nonfinite = int(t["max_nonfinite"])
 
         self.iteration = 0
+        # training-step clock (wall and this process's CPU seconds, validation and checkpoints
+        # excluded), carried across resume: what equal-time comparisons read from the logs
+        self.train_seconds = 0.0
+        self.train_cpu_seconds = 0.0
         self.best: dict[str, Any] = {}
         self.last_checkpoint: ckpt.CheckpointInfo | None = None
         self.last_good_checkpoint: ckpt.CheckpointInfo | None = None  # written outside a non-finite streak
@@ -202,6 +206,8 @@ class Trainer:
         apply_optimizer_settings(self.optimizer, self.config["train"]["optimizer"])  # the configured values rule
         self.iteration = int(state["iteration"])
         self.best = dict(state.get("best") or {})
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.train_cpu_seconds = float(state.get("train_cpu_seconds", 0.0))
         self.last_checkpoint = self.last_good_checkpoint = info
         if self.main:
             say(f"agileir: resuming {self.run_dir.name} from {info.describe()}")
@@ -231,6 +237,8 @@ class Trainer:
                         "num_items": len(self.dataset), "samples_consumed":
                             self.iteration * int(self.config["data"]["batch_size"])},
             "best": dict(self.best),
+            "train_seconds": self.train_seconds,
+            "train_cpu_seconds": self.train_cpu_seconds,
             "network_config": self.net_config.to_dict(),
             "config_yaml": dump_config(self.config),
             "world_size": self.dist.world_size,
@@ -295,10 +303,11 @@ class Trainer:
         if self.main:
             atomic_write_text(self.run_dir / "config.yaml", dump_config(self.config))
             self.train_log = CsvLog(self.run_dir / "train_log.csv",
-                                    ["iteration", "loss", "lr", "grad_norm", "it_per_s", "elapsed_s", "peak_mem_mib",
-                                     "skipped"], start if self.resume_info else None)
+                                    ["iteration", "loss", "lr", "grad_norm", "it_per_s", "elapsed_s", "train_s",
+                                     "train_cpu_s", "peak_mem_mib", "skipped"], start if self.resume_info else None)
             self.val_log = CsvLog(self.run_dir / "val_log.csv",
-                                  ["iteration", "psnr", "ssim", "psnr_y", "ssim_y", "best_psnr_y"],
+                                  ["iteration", "psnr", "ssim", "psnr_y", "ssim_y", "best_psnr_y", "train_s",
+                                   "train_cpu_s"],
                                   start if self.resume_info else None)
             self.tb = open_tensorboard(self.config["log"]["tensorboard"], self.run_dir / "tensorboard")
             n_params = sum(p.numel() for p in self.model.parameters())
@@ -319,6 +328,7 @@ class Trainer:
         window_losses: list[float] = []
         t_start = time.perf_counter()
         t_window = t_start
+        t_clock, cpu_clock = t_start, time.process_time()
         it_window = start
         skipped_window = 0
         log_every = int(t["log_every"])
@@ -343,6 +353,9 @@ class Trainer:
                     window_losses.append(loss)
                     result.losses.append(loss)
                 bar.update(1)
+                t_now, cpu_now = time.perf_counter(), time.process_time()
+                self.train_seconds += t_now - t_clock
+                self.train_cpu_seconds += cpu_now - cpu_clock
                 if self.iteration % log_every == 0 or self.iteration == end:
                     now = time.perf_counter()
                     rate = (self.iteration - it_window) / max(now - t_window, 1e-9)
@@ -352,7 +365,8 @@ class Trainer:
                         bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", mem=f"{mem:.0f}MiB", refresh=False)
                         row = {"iteration": self.iteration, "loss": mean_loss, "lr": lr,
                                "grad_norm": norm if norm is not None else float("nan"), "it_per_s": rate,
-                               "elapsed_s": now - t_start, "peak_mem_mib": mem, "skipped": skipped_window}
+                               "elapsed_s": now - t_start, "train_s": self.train_seconds,
+                               "train_cpu_s": self.train_cpu_seconds, "peak_mem_mib": mem, "skipped": skipped_window}
                         self.train_log.write(row)
                         if self.tb is not None:
                             self.tb.add_scalar("train/loss", mean_loss, self.iteration)
@@ -368,7 +382,8 @@ class Trainer:
                     self._validate(bar)
                 if self.iteration % int(t["checkpoint_every"]) == 0 or self.iteration == end:
                     self.save()
-                t_window += time.perf_counter() - t_pause  # it/s counts training steps only
+                t_clock, cpu_clock = time.perf_counter(), time.process_time()
+                t_window += t_clock - t_pause  # it/s counts training steps only
                 if self.iteration >= end:
                     break
         finally:
@@ -386,7 +401,8 @@ class Trainer:
                 save_model(self._export_model(), self.run_dir / "best.safetensors",
                            extra_metadata={"agileir.iteration": str(self.iteration),
                                            "agileir.val": json.dumps(self.best)})
-            self.val_log.write({"iteration": self.iteration, **scores, "best_psnr_y": self.best.get("psnr_y")})
+            self.val_log.write({"iteration": self.iteration, **scores, "best_psnr_y": self.best.get("psnr_y"),
+                                "train_s": self.train_seconds, "train_cpu_s": self.train_cpu_seconds})
             if self.tb is not None:
                 for k, v in scores.items():
                     self.tb.add_scalar(f"val/{k}", v, self.iteration)
