@@ -37,6 +37,7 @@ from torch.utils.data import Dataset, Sampler
 from agileir.data.degradations import add_gaussian_noise, jpeg_compress, modcrop
 from agileir.data.io import is_image_file, read_image, rgb_to_gray, rgb_to_y_uint8, to_channels
 from agileir.data.pairs import match_lr
+from agileir.data.prepared import is_prepared_file, read_prepared
 from agileir.data.resize import imresize
 from agileir.errors import AgileIRError, ConfigError, ImageError
 
@@ -45,6 +46,16 @@ TASKS = ("sr", "denoise", "jpeg")  # the package's task vocabulary (models/confi
 
 
 # ----------------------------------------------------------------------------- discovery
+
+
+def is_training_file(name: str) -> bool:
+    """An image file, or a decoded array written by ``agileir prepare``."""
+    return is_image_file(name) or is_prepared_file(name)
+
+
+def read_training_image(path: Path) -> np.ndarray:
+    """A training image: decoded from its file, or memory-mapped from a prepared ``.npy``."""
+    return read_prepared(path) if is_prepared_file(path) else read_image(path)
 
 
 def list_images(folders: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
@@ -59,7 +70,7 @@ def list_images(folders: str | os.PathLike | Sequence[str | os.PathLike]) -> lis
         p = Path(folder).expanduser()
         if not p.is_dir():
             raise AgileIRError(f"training folder not found: {p}")
-        found = sorted(f for f in p.iterdir() if f.is_file() and is_image_file(f.name))
+        found = sorted(f for f in p.iterdir() if f.is_file() and is_training_file(f.name))
         files.extend(found)
     if not files:
         names = ", ".join(str(Path(f)) for f in folders)
@@ -75,7 +86,7 @@ def _lr_index(lr_dir: Path, scale: int) -> dict[str, Path]:
     index: dict[str, Path] = {}
     for folder in folders:
         for f in sorted(folder.iterdir()):
-            if f.is_file() and is_image_file(f.name):
+            if f.is_file() and is_training_file(f.name):
                 index.setdefault(f.stem.lower(), f)
     return index
 
@@ -186,15 +197,27 @@ class StepBatchSampler(Sampler[list[SampleKey]]):
 # ----------------------------------------------------------------------------- the data set
 
 
-def _image_bytes(path: Path) -> int:
+def _image_size(path: Path) -> tuple[int, int, int]:
+    """(width, height, channels) from the file's header; raises for an unreadable file."""
+    if is_prepared_file(path):
+        shape = read_prepared(path).shape
+        return shape[1], shape[0], shape[2] if len(shape) == 3 else 1
     from PIL import Image
 
+    with Image.open(path) as im:
+        return im.size[0], im.size[1], 1 if im.mode in ("L", "1", "LA") else 3
+
+
+def _image_bytes(path: Path) -> int:
+    """Private memory a cached decoded copy takes (0 for a memory-mapped array: the page cache
+    holds it, shared by every process)."""
+    if is_prepared_file(path):
+        return 0
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-            return w * h * (1 if im.mode in ("L", "1", "LA") else 3)
+        w, h, c = _image_size(path)
     except Exception:  # unreadable files are reported when they are decoded
         return 0
+    return w * h * c
 
 
 def _as_range(value: Any, name: str) -> tuple[float, float]:
@@ -260,10 +283,10 @@ class RestorationPatches(Dataset):
         return to_channels(image, self.in_chans)
 
     def _load(self, hr_path: Path, lr_path: Path | None) -> tuple[np.ndarray, np.ndarray | None]:
-        hr = self._convert(read_image(hr_path))
+        hr = self._convert(read_training_image(hr_path))
         if lr_path is None:
             return modcrop(hr, self.scale), None
-        lr = self._convert(read_image(lr_path))
+        lr = self._convert(read_training_image(lr_path))
         s = self.scale
         (h, w), (hh, ww) = lr.shape[:2], hr.shape[:2]
         if not (0 <= hh - s * h < s and 0 <= ww - s * w < s):
@@ -299,14 +322,11 @@ class RestorationPatches(Dataset):
         self.files, self._cache = kept, cache
 
     def _check_sizes(self) -> None:
-        from PIL import Image
-
         kept, skipped = [], []
         p = self.patch_size * self.scale
         for hr_path, lr_path in self.files:
             try:
-                with Image.open(hr_path) as im:
-                    w, h = im.size
+                w, h, _ = _image_size(hr_path)
             except Exception:
                 skipped.append(f"{hr_path}: cannot read image")
                 continue

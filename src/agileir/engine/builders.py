@@ -76,6 +76,11 @@ def task_of(config: Mapping[str, Any]) -> tuple[str, int]:
     return cfg.task, int(cfg.scale)
 
 
+def _as_list(value: Any) -> list:
+    """A config value that may be one item or a list of them, as a list."""
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
 def build_train_dataset(config: Mapping[str, Any], in_chans: int, progress: bool = False):
     """The training patches of ``data.train`` for the model's task."""
     from agileir.data.datasets import RestorationPatches, list_images, pair_images
@@ -84,12 +89,18 @@ def build_train_dataset(config: Mapping[str, Any], in_chans: int, progress: bool
     task, scale = task_of(config)
     if d["hr_dir"] in (None, ""):
         raise ConfigError("data.train.hr_dir is required (a folder of ground-truth images)")
-    folders = d["hr_dir"] if isinstance(d["hr_dir"], (list, tuple)) else [d["hr_dir"]]
-    hr_files = list_images([resolve_path(f) for f in folders])
+    folders = _as_list(d["hr_dir"])
     lr_files = None
     if d["lr_dir"]:
-        pairs = pair_images(hr_files, resolve_path(d["lr_dir"]), scale)
+        lr_dirs = _as_list(d["lr_dir"])
+        if len(lr_dirs) != len(folders):
+            raise ConfigError(f"data.train.lr_dir lists {len(lr_dirs)} folders for {len(folders)} in hr_dir: "
+                              "give one LR folder per HR folder (e.g. DF2K: DIV2K's and Flickr2K's)")
+        pairs = [p for hr, lr in zip(folders, lr_dirs)
+                 for p in pair_images(list_images(resolve_path(hr)), resolve_path(lr), scale)]
         hr_files, lr_files = [p[0] for p in pairs], [p[1] for p in pairs]
+    else:
+        hr_files = list_images([resolve_path(f) for f in folders])
     cache = bool(d["cache"])
     if cache:
         limit = float(d["cache_max_gb"] or 0.0) * 2 ** 30
