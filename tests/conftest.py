@@ -1,4 +1,4 @@
-"""Shared, generic test fixtures: where the benchmark images are."""
+"""Shared, generic test fixtures: where the benchmark images are, and hostile files."""
 
 from __future__ import annotations
 
@@ -53,3 +53,24 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(saved)
+
+
+@pytest.fixture()
+def bomb_png():
+    """Make a tiny PNG whose header claims ``width x height`` (a decompression bomb before
+    decoding): a real 1x1 file with its IHDR size and CRC rewritten."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    def make(path: Path, width: int = 20000, height: int = 20000) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (1, 1)).save(path)
+        data = bytearray(path.read_bytes())
+        data[16:24] = struct.pack(">II", width, height)
+        data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+        path.write_bytes(bytes(data))
+        return path
+
+    return make

@@ -107,6 +107,58 @@ def test_bad_file_is_reported_and_the_others_finish(tmp_path, weights, capsys):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good_x2.png"]
 
 
+def test_a_decompression_bomb_is_one_line_and_the_batch_goes_on(tmp_path, weights, capsys, bomb_png):
+    for name in ("a_good.png", "c_good.png"):
+        _photo(tmp_path / "in" / name)
+    bomb_png(tmp_path / "in" / "b_bomb.png")
+    rc = main(["upscale", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", str(weights["x2"]),
+               "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err
+    bomb_lines = [line for line in err.splitlines() if "b_bomb.png" in line]
+    assert len(bomb_lines) == 1
+    assert "400,000,000 pixels" in bomb_lines[0] and "--max-pixels 400000000" in bomb_lines[0]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_good_x2.png", "c_good_x2.png"]
+    assert "2 written, 0 skipped, 1 failed" in err
+
+
+def test_max_pixels_sets_the_limit_for_the_command_only(tmp_path, weights, capsys):
+    from agileir.data.io import pixel_limit
+
+    before = pixel_limit()
+    src = _photo(tmp_path / "small.png")  # 16 x 12 = 192 pixels
+    rc = main(["upscale", str(src), "-o", str(tmp_path / "out.png"), "--model", str(weights["x2"]),
+               "--quiet", "--max-pixels", "100"])
+    assert rc == 1 and "192 pixels is above the limit of 100 pixels" in capsys.readouterr().err
+    assert pixel_limit() == before and not (tmp_path / "out.png").exists()
+    assert main(["upscale", str(src), "-o", str(tmp_path / "out.png"), "--model", str(weights["x2"]),
+                 "--quiet", "--max-pixels", "192"]) == 0
+
+
+def test_an_unexpected_failure_on_one_file_does_not_stop_the_batch(tmp_path, weights, capsys, monkeypatch):
+    from agileir.inference.restorer import Restorer
+
+    for name in ("a.png", "b.png", "c.png"):
+        _photo(tmp_path / "in" / name)
+    real = Restorer.restore_array
+    calls = []
+
+    def flaky(self, pixels, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("simulated kernel failure\nsecond line")
+        return real(self, pixels, **kw)
+
+    monkeypatch.setattr(Restorer, "restore_array", flaky)
+    rc = main(["upscale", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", str(weights["x2"]),
+               "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err and "second line" not in err
+    assert "b.png: unexpected RuntimeError: simulated kernel failure" in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_x2.png", "c_x2.png"]
+    assert _leftovers(tmp_path / "out") == []
+
+
 def test_denoising_models_run_through_restore(tmp_path, weights, capsys):
     _photo(tmp_path / "noisy.png")
     assert main(["restore", str(tmp_path / "noisy.png"), "--model", str(weights["denoise"]), "--quiet"]) == 0

@@ -164,3 +164,40 @@ def test_data_modules_compile_without_escape_warnings():
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # SyntaxWarning (3.12+) / DeprecationWarning (3.11) for "\ "
             compile(source.read_text(), str(source), "exec")
+
+
+@pytest.mark.parametrize("size", [(20000, 20000), (10000, 10000)])  # above Pillow's error and its warning level
+def test_images_above_the_pixel_limit_are_one_line_errors_in_every_reader(tmp_path, bomb_png, size):
+    import warnings
+
+    from agileir.data.formats import probe_picture
+    from agileir.data.io import read_image
+
+    path = bomb_png(tmp_path / "bomb.png", *size)
+    pixels = f"{size[0] * size[1]:,} pixels"
+    for reader in (probe_picture, read_picture, read_image):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no stray DecompressionBombWarning either
+            with pytest.raises(ImageError) as err:
+                reader(path)
+        message = str(err.value)
+        assert pixels in message and "--max-pixels" in message and "\n" not in message
+
+
+def test_sixteen_bit_and_tiff_files_obey_the_pixel_limit(tmp_path):
+    from agileir.data.formats import probe_picture
+    from agileir.data.io import pixel_limit, set_pixel_limit
+
+    tiff = write_picture(tmp_path / "a.tif", np.zeros((10, 20), np.uint16))
+    png16 = write_picture(tmp_path / "a.png", np.zeros((10, 20, 3), np.uint16))
+    before = pixel_limit()
+    set_pixel_limit(199)
+    try:
+        for path in (tiff, png16):
+            for reader in (probe_picture, read_picture):
+                with pytest.raises(ImageError, match="200 pixels is above the limit of 199"):
+                    reader(path)
+        set_pixel_limit(200)
+        assert read_picture(tiff).pixels.shape == (10, 20)
+    finally:
+        set_pixel_limit(before)

@@ -119,6 +119,9 @@ def _common(p: argparse.ArgumentParser, default_model: str | None, model_help: s
     p.add_argument("--suffix", default=None, help=suffix_help)
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (never the inputs)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--max-pixels", type=_int_in(0), default=None, metavar="N",
+                   help="largest input image in pixels (default: Pillow's decompression-bomb limit, about 89 "
+                        "million; 0: no limit); for trusted files larger than that")
 
 
 def _warn(message: str) -> None:
@@ -249,6 +252,21 @@ class Job:
     height: int
 
 
+def file_error(src: Path, exc: Exception, dst: Path | None = None) -> str:
+    """One line for a file that failed: the package's own message, or the cause of anything
+    unexpected (out of memory, a decoder bug), with the file named once."""
+    if isinstance(exc, AgileIRError):
+        message = str(exc)
+    elif isinstance(exc, MemoryError):
+        message = "out of memory; try a smaller --tile"
+    else:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        message = f"unexpected {type(exc).__name__}" + (f": {first}" if first else "")
+    if str(src) not in message and (dst is None or str(dst) not in message):
+        message = f"{src}: {message}"
+    return message
+
+
 def plan_jobs(restorer, inputs: list[Path], targets: list[Path], overwrite: bool,
               report: Callable[[str], None]) -> tuple[list[Job], int, int]:
     """Check every input against the options before any model runs.
@@ -271,8 +289,8 @@ def plan_jobs(restorer, inputs: list[Path], targets: list[Path], overwrite: bool
             continue
         try:
             info = probe_picture(src)
-        except ImageError as exc:
-            report(f"agileir: error: {exc}")
+        except Exception as exc:  # whatever one file does, the others are still processed
+            report(f"agileir: error: {file_error(src, exc)}")
             failed += 1
             continue
         fmt = image_format(dst)
@@ -322,9 +340,17 @@ def run(args: argparse.Namespace) -> int:
             check_overlap(args.tile_overlap, tile)
         except ConfigError:
             raise ConfigError(f"--tile-overlap {args.tile_overlap} must be smaller than --tile {tile}") from None
-    inputs = collect_inputs(args.inputs)
-    with torch_threads(args.threads) as threads:
-        return _run(args, tile, inputs, threads)
+    from agileir.data.io import pixel_limit, set_pixel_limit
+
+    limit = pixel_limit()
+    if args.max_pixels is not None:
+        set_pixel_limit(args.max_pixels)
+    try:
+        inputs = collect_inputs(args.inputs)
+        with torch_threads(args.threads) as threads:
+            return _run(args, tile, inputs, threads)
+    finally:
+        set_pixel_limit(limit)  # the option applies to this command, not to the caller's process
 
 
 def _run(args: argparse.Namespace, tile: int | str | None, inputs: list[Path], threads: int) -> int:
@@ -364,11 +390,8 @@ def _run(args: argparse.Namespace, tile: int | str | None, inputs: list[Path], t
                 bar.close()
             write_picture(job.dst, result, job.fmt, quality=args.jpeg_quality)
             written += 1
-        except AgileIRError as exc:
-            message = str(exc)
-            if str(job.src) not in message and str(job.dst) not in message:
-                message = f"{job.src}: {message}"
-            report(f"agileir: error: {message}")
+        except Exception as exc:  # one file's failure, whatever its cause, does not stop the batch
+            report(f"agileir: error: {file_error(job.src, exc, job.dst)}")
             failures += 1
     summary = f"agileir: {written} written, {skipped} skipped, {failures} failed"
     if len(inputs) == 1 and written == 1:

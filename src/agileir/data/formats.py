@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from agileir.data.io import FORMATS, read_errors
+from agileir.data.io import FORMATS, check_pixels, read_errors
 from agileir.errors import ImageError
 from agileir.fileio import atomic_path
 
@@ -121,6 +121,7 @@ def _read_tiff(path: Path) -> np.ndarray:
 
 def _read_pillow(path: Path) -> np.ndarray:
     with Image.open(path) as im:
+        check_pixels(path, *im.size)
         im.load()
         orientation = im.getexif().get(_ORIENTATION_TAG, 1)
         mode = im.mode
@@ -210,9 +211,11 @@ def probe_picture(path: str | os.PathLike) -> PictureInfo:
     with read_errors(p):
         if fmt == "TIFF":
             height, width, channels, bits, orientation = _tiff_info(p)
+            check_pixels(p, width, height)
         else:
             with Image.open(p) as im:
                 width, height = im.size
+                check_pixels(p, width, height)  # before getexif, which may decode a PNG
                 orientation = im.getexif().get(_ORIENTATION_TAG, 1)
                 if fmt == "PNG" and _png_bit_depth(p) == 16:
                     channels, bits = _png16_channels(p), 16
@@ -239,11 +242,14 @@ def read_picture(path: str | os.PathLike) -> Picture:
     p, fmt = _existing_image(path)
     with read_errors(p):
         if fmt == "TIFF":
+            height, width = _tiff_info(p)[:2]
+            check_pixels(p, width, height)
             pixels = _read_tiff(p)
         elif fmt == "PNG" and _png_bit_depth(p) == 16:
-            pixels = _read_png16(p)
-            with Image.open(p) as im:  # Pillow still reads the orientation
-                pixels = orient(pixels, im.getexif().get(_ORIENTATION_TAG, 1))
+            with Image.open(p) as im:  # the size and orientation from Pillow, the pixels from pypng
+                check_pixels(p, *im.size)
+                orientation = im.getexif().get(_ORIENTATION_TAG, 1)
+            pixels = orient(_read_png16(p), orientation)
         else:
             pixels = _read_pillow(p)
     return Picture(pixels, fmt)

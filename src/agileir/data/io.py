@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,13 +36,45 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(IMAGE_EXTENSIONS)
 
 
+def pixel_limit() -> int | None:
+    """The largest image (pixels) the package opens: Pillow's decompression-bomb guard, shared
+    by every reader (``None``: no limit)."""
+    return Image.MAX_IMAGE_PIXELS
+
+
+def set_pixel_limit(pixels: int | None) -> None:
+    """Raise or lower :func:`pixel_limit` for this process (``None`` or 0: no limit)."""
+    Image.MAX_IMAGE_PIXELS = int(pixels) if pixels else None
+
+
+def too_many_pixels(path: str | os.PathLike, pixels: int | None) -> ImageError:
+    """The one-line error for an image above the limit, naming the flag that raises it."""
+    size = f"{pixels:,} pixels" if pixels else "its size"
+    return ImageError(f"{path}: {size} is above the limit of {pixel_limit() or 0:,} pixels (Pillow's guard "
+                      f"against decompression bombs); if you trust the file, raise it with --max-pixels "
+                      f"{pixels or 'N'}")
+
+
+def check_pixels(path: str | os.PathLike, width: int, height: int) -> None:
+    """:class:`ImageError` when ``width x height`` is above :func:`pixel_limit`."""
+    limit = pixel_limit()
+    if limit and width * height > limit:
+        raise too_many_pixels(path, width * height)
+
+
 @contextlib.contextmanager
 def read_errors(path: str | os.PathLike) -> Iterator[None]:
-    """Turn the ways a decoder fails on a bad file into one-line :class:`ImageError` exceptions."""
+    """Turn the ways a decoder fails on a bad file into one-line :class:`ImageError` exceptions
+    (the decompression-bomb guard included; its warning is replaced by :func:`check_pixels`)."""
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
     except ImageError:
         raise
+    except Image.DecompressionBombError as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        raise too_many_pixels(path, int(found.group(1)) if found else None) from None
     except UnidentifiedImageError:
         raise ImageError(f"{path}: cannot read image (not a recognised image format, or corrupt)") from None
     except (OSError, ValueError, SyntaxError) as exc:
@@ -58,6 +92,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise ImageError(f"{p}: no such image file")
     with read_errors(p):
         with Image.open(p) as im:
+            check_pixels(p, *im.size)
             im.load()
             mode = im.mode
             if mode in ("L", "RGB"):
@@ -177,6 +212,9 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "is_image_file",
     "read_errors",
+    "pixel_limit",
+    "set_pixel_limit",
+    "check_pixels",
     "read_image",
     "write_image",
     "rgb_to_gray",
