@@ -403,3 +403,58 @@ def test_binary_checkpoints_pass_the_text_check(tmp_path, weights):
                    _use_new_zipfile_serialization=zipped)
         sd, _ = read_checkpoint(tmp_path / name)  # no error from the text check
         assert "conv_first.weight" in sd
+
+
+def _srgb_profile() -> bytes:
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def _camera_exif(width: int, height: int, orientation: int = 6) -> bytes:
+    exif = Image.Exif()
+    exif[0x0110] = "TestCam 9"  # Model
+    exif[0x0112] = orientation
+    ifd = exif.get_ifd(0x8769)
+    ifd[0x9003] = "2026:12:02 10:00:00"  # DateTimeOriginal
+    ifd[0xA002], ifd[0xA003] = width, height
+    return exif.tobytes()
+
+
+@pytest.mark.parametrize("ext,dtype,with_exif", [
+    (".jpg", np.uint8, True), (".png", np.uint8, True), (".png", np.uint16, True), (".webp", np.uint8, True),
+    (".tif", np.uint8, False), (".tif", np.uint16, False)])
+def test_colour_profile_and_exif_reach_the_output(tmp_path, weights, capsys, ext, dtype, with_exif):
+    """ICC profile bytes unchanged; EXIF camera and date kept, orientation applied once (tag reset to 1)
+    and pixel dimensions updated. TIFF carries the profile (EXIF in TIFF is not written)."""
+    icc = _srgb_profile()
+    h, w = 12, 16
+    stored = RNG.integers(0, 256 if dtype == np.uint8 else 65536, (h, w, 3), dtype=np.int64).astype(dtype)
+    exif = _camera_exif(w, h) if with_exif else None
+    src = write_picture(tmp_path / f"in{ext}", stored, icc_profile=icc)
+    if exif:  # write_picture resets orientation, so store the rotated file's EXIF as a camera would
+        if ext == ".png" and dtype == np.uint16:
+            data = src.read_bytes()
+            from agileir.data.formats import _png_metadata_chunks
+
+            src.write_bytes(data[:33] + _png_metadata_chunks(None, exif) + data[33:])
+        else:
+            im = Image.open(src)
+            im.load()
+            im.save(src, exif=exif, icc_profile=icc, **({"quality": 95} if ext in (".jpg", ".webp") else {}))
+    picture = read_picture(src)
+    assert picture.icc_profile == icc
+    upright = (w, h) if exif else (h, w)  # orientation 6: a quarter turn
+    assert picture.pixels.shape[:2] == upright
+    out = tmp_path / f"out{ext}"
+    assert main(["upscale", str(src), "-o", str(out), "--model", str(weights["x2"]), "--quiet"]) == 0
+    result = read_picture(out)
+    assert result.icc_profile == icc and result.pixels.shape[:2] == (2 * upright[0], 2 * upright[1])
+    assert result.pixels.dtype == dtype
+    if exif:
+        written = Image.Exif()
+        written.load(result.exif)
+        assert written[0x0110] == "TestCam 9" and written[0x0112] == 1
+        ifd = written.get_ifd(0x8769)
+        assert ifd[0x9003] == "2026:12:02 10:00:00"
+        assert (ifd[0xA002], ifd[0xA003]) == (2 * upright[1], 2 * upright[0])

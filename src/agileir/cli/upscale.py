@@ -388,7 +388,8 @@ def _run(args: argparse.Namespace, tile: int | str | None, inputs: list[Path], t
                 result = restorer.restore_array(picture.pixels, progress=_bar_callback(bar, passes))
             finally:
                 bar.close()
-            write_picture(job.dst, result, job.fmt, quality=args.jpeg_quality)
+            write_picture(job.dst, result, job.fmt, quality=args.jpeg_quality,
+                          icc_profile=picture.icc_profile, exif=picture.exif)
             written += 1
         except Exception as exc:  # one file's failure, whatever its cause, does not stop the batch
             report(f"agileir: error: {file_error(job.src, exc, job.dst)}")

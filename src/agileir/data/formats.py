@@ -1,11 +1,15 @@
-"""Reading and writing users' images in their own format: bit depth, alpha and orientation kept.
+"""Reading and writing users' images in their own format: bit depth, alpha, orientation, colour
+profile and EXIF kept.
 
 Why a second reader beside :mod:`agileir.data.io`: evaluation wants plain 8-bit RGB/gray, but a
 user's photo may be 16-bit, carry an alpha channel or an EXIF orientation, and the restored file
 should come back the same way. Pillow reads most formats; it reduces 16-bit colour to 8 bits, so
 16-bit colour PNG goes through pypng and TIFF through tifffile. Pixels are returned upright
 (EXIF orientation applied), as ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)`` arrays of ``uint8``
-or ``uint16``.
+or ``uint16``. The ICC profile (any format that holds one) and the EXIF block (JPEG, PNG, WebP)
+are carried to the output: dropping a Display P3 profile shifts a phone photo's colours, and
+EXIF holds the camera and date. Orientation is applied once to the pixels, so the written EXIF
+says "upright" and gives the new pixel dimensions.
 """
 
 from __future__ import annotations
@@ -23,6 +27,48 @@ from agileir.fileio import atomic_path
 
 _EIGHT_BIT_ONLY = ("JPEG", "WEBP", "BMP", "PPM")
 _ORIENTATION_TAG = 0x0112
+_EXIF_IFD, _PIXEL_X, _PIXEL_Y = 0x8769, 0xA002, 0xA003
+_TIFF_ICC_TAG = 34675
+_EXIF_FORMATS = ("JPEG", "PNG", "WEBP")
+_ICC_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF")
+
+
+def _pillow_metadata(im: Image.Image) -> tuple[bytes | None, bytes | None, int]:
+    """(ICC profile, EXIF bytes, orientation) of an open Pillow image."""
+    exif = im.getexif()
+    orientation = int(exif.get(_ORIENTATION_TAG, 1))
+    return im.info.get("icc_profile") or None, exif.tobytes() if len(exif) else None, orientation
+
+
+def exif_for_output(exif: bytes, width: int, height: int) -> bytes:
+    """The EXIF block for upright pixels of ``width x height``: orientation 1, new dimensions."""
+    parsed = Image.Exif()
+    parsed.load(exif)
+    if _ORIENTATION_TAG in parsed:
+        parsed[_ORIENTATION_TAG] = 1
+    ifd = parsed.get_ifd(_EXIF_IFD)
+    for tag, value in ((_PIXEL_X, width), (_PIXEL_Y, height)):
+        if tag in ifd:
+            ifd[tag] = value
+    return parsed.tobytes()
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    import zlib
+
+    return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+
+def _png_metadata_chunks(icc: bytes | None, exif: bytes | None) -> bytes:
+    """iCCP and eXIf chunks (PNG spec 11.3.3.3 and the 2017 eXIf extension) for pypng's files."""
+    import zlib
+
+    out = b""
+    if icc:
+        out += _png_chunk(b"iCCP", b"ICC profile\0\0" + zlib.compress(icc))
+    if exif:
+        out += _png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\0\0") else exif)
+    return out
 
 
 @dataclass
@@ -31,6 +77,8 @@ class Picture:
 
     pixels: np.ndarray  # (H, W), (H, W, 3) or (H, W, 4); uint8 or uint16; upright
     format: str  # Pillow format name (PNG, JPEG, ...)
+    icc_profile: bytes | None = None  # the embedded colour profile, as stored
+    exif: bytes | None = None  # the EXIF block as stored (orientation still in it; write_picture resets it)
 
 
 @dataclass(frozen=True)
@@ -99,7 +147,7 @@ def _read_png16(path: Path) -> np.ndarray:
     return arr[:, :, 0] if planes == 1 else arr
 
 
-def _read_tiff(path: Path) -> np.ndarray:
+def _read_tiff(path: Path) -> tuple[np.ndarray, bytes | None]:
     import tifffile
 
     try:
@@ -108,6 +156,8 @@ def _read_tiff(path: Path) -> np.ndarray:
             arr = page.asarray()
             tag = page.tags.get(274)  # Orientation
             orientation = int(tag.value) if tag is not None else 1
+            icc_tag = page.tags.get(_TIFF_ICC_TAG)
+            icc = bytes(icc_tag.value) if icc_tag is not None else None
     except Exception as exc:  # tifffile raises several types for corrupt files
         raise ImageError(f"{path}: cannot read image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
     if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[2] not in (3, 4):
@@ -116,14 +166,14 @@ def _read_tiff(path: Path) -> np.ndarray:
         raise ImageError(f"{path}: unsupported TIFF layout {arr.shape} {arr.dtype} (8/16-bit gray, RGB or RGBA expected)")
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
-    return orient(arr, orientation)
+    return orient(arr, orientation), icc
 
 
-def _read_pillow(path: Path) -> np.ndarray:
+def _read_pillow(path: Path) -> tuple[np.ndarray, bytes | None, bytes | None]:
     with Image.open(path) as im:
         check_pixels(path, *im.size)
         im.load()
-        orientation = im.getexif().get(_ORIENTATION_TAG, 1)
+        icc, exif, orientation = _pillow_metadata(im)
         mode = im.mode
         if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
             arr = np.asarray(im).astype(np.uint16)
@@ -137,7 +187,7 @@ def _read_pillow(path: Path) -> np.ndarray:
             arr = np.asarray(im.convert("RGBA"))
         else:
             arr = np.asarray(im.convert("RGB"))
-    return orient(np.ascontiguousarray(arr), orientation)
+    return orient(np.ascontiguousarray(arr), orientation), icc, exif
 
 
 def _pillow_layout(mode: str, info: dict) -> tuple[int, int]:
@@ -240,19 +290,21 @@ def check_writable(path: str | os.PathLike, fmt: str, channels: int, bits: int) 
 def read_picture(path: str | os.PathLike) -> Picture:
     """Read an image file for restoration; :class:`ImageError` with one line if it cannot be read."""
     p, fmt = _existing_image(path)
+    icc = exif = None
     with read_errors(p):
         if fmt == "TIFF":
             height, width = _tiff_info(p)[:2]
             check_pixels(p, width, height)
-            pixels = _read_tiff(p)
+            pixels, icc = _read_tiff(p)
         elif fmt == "PNG" and _png_bit_depth(p) == 16:
-            with Image.open(p) as im:  # the size and orientation from Pillow, the pixels from pypng
+            with Image.open(p) as im:  # the size and metadata from Pillow, the pixels from pypng
                 check_pixels(p, *im.size)
-                orientation = im.getexif().get(_ORIENTATION_TAG, 1)
+                im.load()
+                icc, exif, orientation = _pillow_metadata(im)
             pixels = orient(_read_png16(p), orientation)
         else:
-            pixels = _read_pillow(p)
-    return Picture(pixels, fmt)
+            pixels, icc, exif = _read_pillow(p)
+    return Picture(pixels, fmt, icc, exif)
 
 
 def _write_png16(f, pixels: np.ndarray) -> None:
@@ -264,12 +316,15 @@ def _write_png16(f, pixels: np.ndarray) -> None:
     writer.write(f, pixels.reshape(h, w * planes))
 
 
-def write_picture(path: str | os.PathLike, pixels: np.ndarray, fmt: str | None = None, quality: int = 95) -> Path:
+def write_picture(path: str | os.PathLike, pixels: np.ndarray, fmt: str | None = None, quality: int = 95, *,
+                  icc_profile: bytes | None = None, exif: bytes | None = None) -> Path:
     """Write ``pixels`` atomically (temporary file, then rename): a failure leaves no partial file.
 
     ``fmt`` defaults to the extension's format. 16-bit and alpha are kept where the format holds
     them; asking JPEG/WebP/BMP for 16 bits or JPEG for alpha is an :class:`ImageError`
-    (:func:`check_writable`). ``quality`` (1-100) is the JPEG and WebP quality.
+    (:func:`check_writable`). ``quality`` (1-100) is the JPEG and WebP quality. ``icc_profile``
+    is embedded where the format holds one (JPEG, PNG, WebP, TIFF), ``exif`` (as read) in JPEG,
+    PNG and WebP, with the orientation reset and the pixel dimensions of ``pixels``.
     """
     p = Path(path)
     fmt = fmt or image_format(p)
@@ -280,19 +335,28 @@ def write_picture(path: str | os.PathLike, pixels: np.ndarray, fmt: str | None =
         raise ImageError(f"{p}: quality must be 1-100, got {quality}")
     if arr.dtype not in (np.uint8, np.uint16):
         raise ImageError(f"{p}: only uint8/uint16 pixels can be written, got {arr.dtype}")
+    icc = icc_profile if fmt in _ICC_FORMATS else None
+    exif = exif_for_output(exif, arr.shape[1], arr.shape[0]) if exif and fmt in _EXIF_FORMATS else None
     try:
         with atomic_path(p) as tmp:
             if fmt == "TIFF":
                 import tifffile
 
                 tifffile.imwrite(str(tmp), arr, photometric="minisblack" if arr.ndim == 2 else "rgb",
-                                 extrasamples=("unassalpha",) if alpha else None)
+                                 extrasamples=("unassalpha",) if alpha else None, iccprofile=icc)
             elif fmt == "PNG" and arr.dtype == np.uint16 and arr.ndim == 3:
                 with open(tmp, "wb") as f:
                     _write_png16(f, arr)
+                if icc or exif:  # pypng writes neither: insert the chunks after IHDR (8 + 25 bytes)
+                    data = tmp.read_bytes()
+                    tmp.write_bytes(data[:33] + _png_metadata_chunks(icc, exif) + data[33:])
             else:
                 image = Image.fromarray(arr)
                 options = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
+                if icc:
+                    options["icc_profile"] = icc
+                if exif:
+                    options["exif"] = exif
                 image.save(tmp, format=fmt, **options)
     except ImageError:
         raise
