@@ -45,7 +45,7 @@ def test_tile_starts_cover_and_shift_inward() -> None:
 )
 def test_blend_weights_sum_to_one(h: int, w: int, tile: int, overlap: int, scale: int) -> None:
     total = np.zeros((h * scale, w * scale))
-    tiles = blend_weights(h, w, tile, overlap, scale=scale)
+    tiles = list(blend_weights(h, w, tile, overlap, scale=scale))
     for y0, x0, wt in tiles:
         assert wt.min() >= 0 and wt.max() <= 1 + 1e-12
         total[y0 : y0 + wt.shape[0], x0 : x0 + wt.shape[1]] += wt
@@ -57,7 +57,7 @@ def test_blend_weights_sum_to_one(h: int, w: int, tile: int, overlap: int, scale
 def test_weights_ramp_inside_the_overlap() -> None:
     # two tiles of 16 overlapping by 8 (starts 0 and 8 for a 24-wide image), feather 4:
     # the ramp covers overlap columns 2..5 (output columns 10..13) and is linear there
-    tiles = blend_weights(16, 24, 16, 8)
+    tiles = list(blend_weights(16, 24, 16, 8))
     (_, x0a, wa), (_, x0b, wb) = tiles
     assert (x0a, x0b) == (0, 8)
     row_a = wa[0]
@@ -67,7 +67,7 @@ def test_weights_ramp_inside_the_overlap() -> None:
     np.testing.assert_allclose(wb[0][:2], 0.0)
     np.testing.assert_allclose(wb[0][2:6], [0.125, 0.375, 0.625, 0.875])
     # feather = overlap ramps across the whole overlap
-    full = blend_weights(16, 24, 16, 8, feather=8)[0][2][0]
+    full = next(blend_weights(16, 24, 16, 8, feather=8))[2][0]
     assert full[7] == 1 and 0 < full[15] < full[8] < 1
 
 

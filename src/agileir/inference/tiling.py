@@ -16,6 +16,7 @@ field is at most that many pixels gives exactly the whole-image result.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from typing import Callable
 
 import numpy as np
@@ -75,6 +76,19 @@ def _ramp_profile(size: int, starts: list[int], tile: int, feather: int, scale: 
     return profiles
 
 
+def _normalised_profiles(size: int, tile: int, overlap: int, feather: int, scale: int) -> tuple[list[int], list[np.ndarray]]:
+    """Tile starts along one dimension and their 1-D weights divided by the weights' sum at each
+    position, so that along this dimension the tiles' weights sum to one."""
+    starts = tile_starts(size, tile, overlap)
+    profiles = _ramp_profile(size, starts, tile, feather, scale)
+    total = np.zeros(size * scale, dtype=np.float64)
+    for start, w in zip(starts, profiles):
+        total[start * scale: start * scale + w.size] += w
+    if not np.all(total > 0):  # cannot happen with the centred ramps; guard anyway
+        raise AgileIRError("internal error: tile weights do not cover the image")
+    return starts, [w / total[start * scale: start * scale + w.size] for start, w in zip(starts, profiles)]
+
+
 def blend_weights(
     height: int,
     width: int,
@@ -82,29 +96,22 @@ def blend_weights(
     overlap: int,
     feather: int | None = None,
     scale: int = 1,
-) -> list[tuple[int, int, np.ndarray]]:
-    """Normalised blending weights: ``(y0, x0, weight)`` per tile, in output pixels.
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Normalised blending weights: ``(y0, x0, weight)`` per tile, in output pixels, row by row.
 
     ``y0, x0`` are the tile's top-left corner in the output (``scale`` times the input
     position) and ``weight`` its ``(th, tw)`` map; the maps of all tiles sum to one.
+    The 2-D ramps are separable, so each map is the outer product of two 1-D profiles that are
+    normalised on their own: made one tile at a time, with no image-sized weight total.
     """
     feather = overlap // 2 if feather is None else int(feather)
     if not 0 <= feather <= overlap:
         raise ConfigError(f"feather must be in [0, overlap] = [0, {overlap}], got {feather}")
-    ys = tile_starts(height, tile, overlap)
-    xs = tile_starts(width, tile, overlap)
-    py = _ramp_profile(height, ys, tile, feather, scale)
-    px = _ramp_profile(width, xs, tile, feather, scale)
-    total = np.zeros((height * scale, width * scale), dtype=np.float64)
-    raw = []
+    ys, py = _normalised_profiles(height, tile, overlap, feather, scale)
+    xs, px = _normalised_profiles(width, tile, overlap, feather, scale)
     for y0, wy in zip(ys, py):
         for x0, wx in zip(xs, px):
-            w = np.outer(wy, wx)
-            raw.append((y0 * scale, x0 * scale, w))
-            total[y0 * scale : y0 * scale + w.shape[0], x0 * scale : x0 * scale + w.shape[1]] += w
-    if not np.all(total > 0):  # cannot happen with the centred ramps; guard anyway
-        raise AgileIRError("internal error: tile weights do not cover the image")
-    return [(y, x, w / total[y : y + w.shape[0], x : x + w.shape[1]]) for y, x, w in raw]
+            yield y0 * scale, x0 * scale, np.outer(wy, wx)
 
 
 def check_overlap(overlap: int, tile: int) -> None:
@@ -150,8 +157,8 @@ def tiled_forward(
     x_cpu = x.cpu()
     th, tw = min(tile, h), min(tile, w)
     out: torch.Tensor | None = None
-    plan = blend_weights(h, w, tile, overlap, feather, scale)
-    for done, (y0, x0, weight) in enumerate(plan, start=1):
+    n_tiles = len(tile_starts(h, tile, overlap)) * len(tile_starts(w, tile, overlap))
+    for done, (y0, x0, weight) in enumerate(blend_weights(h, w, tile, overlap, feather, scale), start=1):
         iy, ix = y0 // scale, x0 // scale
         patch = x_cpu[:, :, iy : iy + th, ix : ix + tw].to(device)
         res = model(patch)
@@ -162,11 +169,10 @@ def tiled_forward(
         res = res.detach().to("cpu", torch.float32)
         if out is None:
             out = torch.zeros((b, res.shape[1], h * scale, w * scale), dtype=torch.float32)
-        wt = torch.from_numpy(weight.astype(np.float32))
-        out[:, :, y0 : y0 + res.shape[-2], x0 : x0 + res.shape[-1]].add_(res * wt)
+        out[:, :, y0 : y0 + res.shape[-2], x0 : x0 + res.shape[-1]].add_(res.mul_(torch.from_numpy(weight.astype(np.float32))))
         del patch, res
         if progress is not None:
-            progress(done, len(plan))
+            progress(done, n_tiles)
     assert out is not None
     return out
 
