@@ -55,6 +55,10 @@ SKIP_COMMANDS: dict[str, str] = {
         "the user's weights and data",
     "agileir test --model weights.safetensors --data path/to/HR_only_folder --noise 25": "the user's weights and data",
     "agileir bench": BENCH,
+    "bash scripts/train_gpu.sh /data/DIV2K": NEEDS_GPU + " and DIV2K (tests/engine/test_div2k_pipeline.py runs it on a "
+                                             "CPU with a tiny model on a synthetic DIV2K folder)",
+    "NGPU=8 bash scripts/train_gpu.sh /data/DIV2K": NEEDS_GPU,
+    "python scripts/study.py": TRAINS,
     "agileir bench --batch 16 --grad-checkpoint": BENCH,
     "agileir bench swinir-s:recompute agileir-s --precision bf16 --out bench/": BENCH,
     "agileir bench --device cuda --batch 16 64": NEEDS_GPU,
@@ -175,7 +179,7 @@ def workspace(tmp_path_factory) -> Path:
     """A folder laid out like the repository root for what the README uses: the shipped assets
     (copied, so nothing a command writes can land in the checkout) and the placeholder files."""
     root = tmp_path_factory.mktemp("readme")
-    for sub in ("testdata", "weights"):
+    for sub in ("testdata", "weights", "train"):
         shutil.copytree(ASSETS / sub, root / "src" / "agileir" / "assets" / sub)
     for name, make in PLACEHOLDER_FILES.items():
         make(root / name)
