@@ -327,10 +327,11 @@ class Restorer:
         chw = arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
         x = torch.from_numpy(np.ascontiguousarray(chw, dtype=np.float32) / np.float32(peak))
         y = self.restore_tensor(x, progress).numpy()
+        if peak != 1.0:  # in place: no image-sized float temporaries beside the result
+            y *= np.float32(peak)
+            np.rint(y, out=y)
         y = y[0] if arr.ndim == 2 else np.moveaxis(y, 0, -1)
-        if peak == 1.0:
-            return np.ascontiguousarray(y.astype(arr.dtype))
-        return np.ascontiguousarray(np.round(y * peak).astype(arr.dtype))
+        return y.astype(arr.dtype, order="C")
 
     def restore_pil(self, image: Image.Image, progress: Progress | None = None) -> Image.Image:
         """Restore a PIL image (L, I;16, RGB, RGBA; palette and LA images as RGB(A))."""
