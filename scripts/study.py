@@ -30,6 +30,7 @@ ARMS = {"agileir-s": REPO / "configs" / "study" / "agileir-s_x2.yaml",
 SETS = {"Set5": REPO / "src" / "agileir" / "assets" / "testdata" / "Set5",
         "Set14": REPO.parent / "shared" / "data" / "benchmarks" / "Set14",
         "B100": REPO.parent / "shared" / "data" / "benchmarks" / "B100"}
+EQUAL_TIME_SETS = ("Set5", "Set14")  # for the equal-time checkpoints: B100 (100 images) is the costly set on a CPU
 
 
 def run_name(arm: str, seed: int) -> str:
@@ -58,12 +59,13 @@ def read_csv(path: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(fh)]
 
 
-def score(weights: Path, out: Path) -> dict[str, dict[str, float]]:
-    """PSNR-Y / SSIM-Y of one weights file on every set (cached in ``out``)."""
+def score(weights: Path, out: Path, sets: tuple[str, ...] = tuple(SETS)) -> dict[str, dict[str, float]]:
+    """PSNR-Y / SSIM-Y of one weights file on ``sets`` (cached in ``out``)."""
     if out.is_file():
         return json.loads(out.read_text())
     result = {}
-    for name, folder in SETS.items():
+    for name in sets:
+        folder = SETS[name]
         tmp = out.with_suffix(f".{name}.json")
         subprocess.run([sys.executable, "-m", "agileir", "test", "--model", str(weights), "--data", str(folder),
                         "--threads", "1", "--device", "cpu", "--json", str(tmp)], check=True, cwd=REPO,
@@ -107,8 +109,8 @@ def equal_time_point(runs: dict[str, Path]) -> tuple[float, dict[str, int]]:
 
 
 def score_phase(args: argparse.Namespace) -> None:
-    """Score every final model, and each arm's checkpoint at the seed's equal-time point (two at
-    a time: one compute thread each)."""
+    """Score every final model on every set, and each arm's checkpoint at the seed's equal-time
+    point on EQUAL_TIME_SETS (two at a time: one compute thread each)."""
     from concurrent.futures import ThreadPoolExecutor
 
     jobs = []
@@ -117,8 +119,8 @@ def score_phase(args: argparse.Namespace) -> None:
         jobs += [(run / "model.safetensors", run / "scores_final.json") for run in runs.values()]
         if len(runs) > 1:
             _, points = equal_time_point(runs)
-            jobs += [(runs[arm] / "checkpoints" / f"iter_{it:07d}.safetensors", runs[arm] / f"scores_iter{it}.json")
-                     for arm, it in points.items() if it != args.iterations]
+            jobs += [(runs[arm] / "checkpoints" / f"iter_{it:07d}.safetensors", runs[arm] / f"scores_iter{it}.json",
+                      EQUAL_TIME_SETS) for arm, it in points.items() if it != args.iterations]
     with ThreadPoolExecutor(max_workers=2) as pool:
         list(pool.map(lambda job: score(*job), jobs))
 
@@ -169,12 +171,13 @@ def report_phase(args: argparse.Namespace) -> None:
                          ("equal_time", {s: t["scores"] for s, t in timed.items()})):
         if not table:
             continue
+        names = [n for n in SETS if all(n in table[s][arm] for s in table for arm in arms)]
         print(f"\n{label.replace('_', ' ')} ({args.iterations} iterations; mean ± sd over seeds {seeds})")
-        print("| arm | " + " | ".join(f"{n} PSNR-Y | {n} SSIM-Y" for n in SETS) + " |")
-        print("|---|" + "---|---|" * len(SETS))
+        print("| arm | " + " | ".join(f"{n} PSNR-Y | {n} SSIM-Y" for n in names) + " |")
+        print("|---|" + "---|---|" * len(names))
         for arm in arms:
             cells, entry = [], {}
-            for n in SETS:
+            for n in names:
                 for metric, digits in (("psnr_y", 3), ("ssim_y", 4)):
                     m, sd = mean_sd([table[s][arm][n][metric] for s in table])
                     entry[f"{n}_{metric}"] = {"mean": m, "sd": sd}
@@ -184,7 +187,7 @@ def report_phase(args: argparse.Namespace) -> None:
         if len(arms) == 2:
             a, b = arms
             diffs = {n: paired_difference([table[s][a][n]["psnr_y"] for s in table],
-                                          [table[s][b][n]["psnr_y"] for s in table]) for n in SETS}
+                                          [table[s][b][n]["psnr_y"] for s in table]) for n in names}
             doc[label]["difference_psnr_y"] = diffs
             print(f"| {a} - {b} (PSNR-Y, 95% CI) | " + " | ".join(
                 f"{d['mean']:+.3f} [{d['ci95_low']:+.3f}, {d['ci95_high']:+.3f}] | " for d in diffs.values()) + " |")
