@@ -14,7 +14,9 @@ says "upright" and gives the new pixel dimensions.
 
 from __future__ import annotations
 
+import io
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,15 +56,11 @@ def exif_for_output(exif: bytes, width: int, height: int) -> bytes:
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    import zlib
-
     return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
 
 
 def _png_metadata_chunks(icc: bytes | None, exif: bytes | None) -> bytes:
     """iCCP and eXIf chunks (PNG spec 11.3.3.3 and the 2017 eXIf extension) for pypng's files."""
-    import zlib
-
     out = b""
     if icc:
         out += _png_chunk(b"iCCP", b"ICC profile\0\0" + zlib.compress(icc))
@@ -153,11 +151,16 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, bytes | None]:
     try:
         with tifffile.TiffFile(str(path)) as tif:
             page = tif.pages[0]
+            shape = page.shape
+            planar = len(shape) == 3 and shape[0] in (3, 4) and shape[2] not in (3, 4)
+            check_pixels(path, *((shape[2], shape[1]) if planar else (shape[1], shape[0])))
             arr = page.asarray()
             tag = page.tags.get(274)  # Orientation
             orientation = int(tag.value) if tag is not None else 1
             icc_tag = page.tags.get(_TIFF_ICC_TAG)
             icc = bytes(icc_tag.value) if icc_tag is not None else None
+    except ImageError:
+        raise
     except Exception as exc:  # tifffile raises several types for corrupt files
         raise ImageError(f"{path}: cannot read image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
     if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[2] not in (3, 4):
@@ -293,8 +296,6 @@ def read_picture(path: str | os.PathLike) -> Picture:
     icc = exif = None
     with read_errors(p):
         if fmt == "TIFF":
-            height, width = _tiff_info(p)[:2]
-            check_pixels(p, width, height)
             pixels, icc = _read_tiff(p)
         elif fmt == "PNG" and _png_bit_depth(p) == 16:
             with Image.open(p) as im:  # the size and metadata from Pillow, the pixels from pypng
@@ -345,11 +346,10 @@ def write_picture(path: str | os.PathLike, pixels: np.ndarray, fmt: str | None =
                 tifffile.imwrite(str(tmp), arr, photometric="minisblack" if arr.ndim == 2 else "rgb",
                                  extrasamples=("unassalpha",) if alpha else None, iccprofile=icc)
             elif fmt == "PNG" and arr.dtype == np.uint16 and arr.ndim == 3:
-                with open(tmp, "wb") as f:
-                    _write_png16(f, arr)
-                if icc or exif:  # pypng writes neither: insert the chunks after IHDR (8 + 25 bytes)
-                    data = tmp.read_bytes()
-                    tmp.write_bytes(data[:33] + _png_metadata_chunks(icc, exif) + data[33:])
+                buf = io.BytesIO()
+                _write_png16(buf, arr)
+                data = buf.getvalue()  # pypng writes no iCCP / eXIf: insert them after IHDR (8 + 25 bytes)
+                tmp.write_bytes(data[:33] + _png_metadata_chunks(icc, exif) + data[33:])
             else:
                 image = Image.fromarray(arr)
                 options = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}

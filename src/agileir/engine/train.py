@@ -357,7 +357,7 @@ class Trainer:
                 self.train_seconds += t_now - t_clock
                 self.train_cpu_seconds += cpu_now - cpu_clock
                 if self.iteration % log_every == 0 or self.iteration == end:
-                    now = time.perf_counter()
+                    now = t_now
                     rate = (self.iteration - it_window) / max(now - t_window, 1e-9)
                     mean_loss = float(np.mean(window_losses)) if window_losses else float("nan")
                     mem = peak_memory_bytes(self.device) / MiB
