@@ -30,28 +30,52 @@ ARMS = {"agileir-s": REPO / "configs" / "study" / "agileir-s_x2.yaml",
 SETS = {"Set5": REPO / "src" / "agileir" / "assets" / "testdata" / "Set5",
         "Set14": REPO.parent / "shared" / "data" / "benchmarks" / "Set14",
         "B100": REPO.parent / "shared" / "data" / "benchmarks" / "B100"}
-EQUAL_TIME_SETS = ("Set5", "Set14")  # for the equal-time checkpoints: B100 (100 images) is the costly set on a CPU
 
 
 def run_name(arm: str, seed: int) -> str:
     return f"{arm}_seed{seed}"
 
 
-def train_phase(args: argparse.Namespace) -> None:
-    """Train the two arms of each seed side by side; a cut run resumes from its last checkpoint."""
-    for seed in args.seeds:
+def train_runs(args: argparse.Namespace, jobs: list[tuple[str, str, int, int]]) -> None:
+    """Train (or resume) ``jobs`` of (arm, run name, seed, iterations), two side by side when
+    ``args.parallel``, one compute thread each; a cut run resumes from its last checkpoint."""
+    width = 2 if args.parallel else 1
+    for start in range(0, len(jobs), width):
         procs = []
-        for arm in args.arms:
+        for arm, name, seed, iterations in jobs[start:start + width]:
             cmd = [sys.executable, "-m", "agileir", "train", "--config", str(ARMS[arm]), "--resume",
-                   f"name={run_name(arm, seed)}", f"output_dir={args.output}", f"seed={seed}",
-                   f"train.iterations={args.iterations}"]
-            log = open(args.output / f"{run_name(arm, seed)}.log", "a")
-            procs.append((arm, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)))
-            if not args.parallel:
-                procs[-1][1].wait()
-        for arm, proc in procs:
+                   f"name={name}", f"output_dir={args.output}", f"seed={seed}", f"train.iterations={iterations}"]
+            log = open(args.output / f"{name}.log", "a")
+            procs.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)))
+        for name, proc in procs:
             if proc.wait() != 0:
-                raise SystemExit(f"study: {run_name(arm, seed)} failed (see {args.output}/{run_name(arm, seed)}.log)")
+                raise SystemExit(f"study: {name} failed (see {args.output}/{name}.log)")
+
+
+def train_phase(args: argparse.Namespace) -> None:
+    """The equal-iteration runs: both arms of a seed side by side."""
+    train_runs(args, [(arm, run_name(arm, seed), seed, args.iterations) for seed in args.seeds for arm in args.arms])
+
+
+def time_run_name(arm: str, seed: int) -> str:
+    return f"{arm}_seed{seed}_time"
+
+
+def equal_time_plan(args: argparse.Namespace, seed: int) -> tuple[str, str, int]:
+    """(faster arm, slower arm, the faster arm's iterations in the slower arm's training time),
+    from the logged clocks of the seed's side-by-side equal-iteration runs."""
+    clocks = {arm: read_csv(args.output / run_name(arm, seed) / "train_log.csv")[-1]["train_s"] for arm in args.arms}
+    fast, slow = sorted(clocks, key=clocks.get)
+    return fast, slow, round(args.iterations * clocks[slow] / clocks[fast])
+
+
+def equal_time_phase(args: argparse.Namespace) -> None:
+    """Train each seed's faster arm for its equal-time iterations (own schedule, from scratch)."""
+    jobs = []
+    for seed in args.seeds:
+        fast, _, iterations = equal_time_plan(args, seed)
+        jobs.append((fast, time_run_name(fast, seed), seed, iterations))
+    train_runs(args, jobs)
 
 
 def read_csv(path: Path) -> list[dict[str, float]]:
@@ -86,48 +110,20 @@ def doc_means(doc: dict) -> dict[str, float]:
 
 
 
-def logged_clock(run: Path, iteration: int) -> float:
-    """Training seconds the run's train log records at ``iteration``."""
-    for row in read_csv(run / "train_log.csv"):
-        if int(row["iteration"]) == iteration:
-            return row["train_s"]
-    raise ValueError(f"{run}: iteration {iteration} is not in train_log.csv")
-
-
-def equal_time_point(runs: dict[str, Path]) -> tuple[float, dict[str, int]]:
-    """The faster arm's total training time T, and for each arm the last checkpoint at or before T."""
-    finals = {arm: read_csv(run / "train_log.csv")[-1] for arm, run in runs.items()}
-    budget = min(row["train_s"] for row in finals.values())
-    points = {}
-    for arm, run in runs.items():
-        iters = sorted(int(p.stem.split("_")[1]) for p in (run / "checkpoints").glob("iter_*.safetensors"))
-        within = [i for i in iters if logged_clock(run, i) <= budget + 1e-6]
-        if not within:
-            raise SystemExit(f"study: {run.name} has no checkpoint within {budget:.0f} s of training")
-        points[arm] = max(within)
-    return budget, points
-
-
 def score_phase(args: argparse.Namespace) -> None:
-    """Score every final model on every set, and each arm's checkpoint at the seed's equal-time
-    point on EQUAL_TIME_SETS (two at a time: one compute thread each)."""
+    """Score every final model (equal-iteration and equal-time runs) on every set, two at a time
+    (one compute thread each)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    jobs = []
-    for seed in args.seeds:
-        runs = {arm: args.output / run_name(arm, seed) for arm in args.arms}
-        jobs += [(run / "model.safetensors", run / "scores_final.json") for run in runs.values()]
-        if len(runs) > 1:
-            _, points = equal_time_point(runs)
-            jobs += [(runs[arm] / "checkpoints" / f"iter_{it:07d}.safetensors", runs[arm] / f"scores_iter{it}.json",
-                      EQUAL_TIME_SETS) for arm, it in points.items() if it != args.iterations]
+    runs = [args.output / run_name(arm, seed) for seed in args.seeds for arm in args.arms]
+    if len(args.arms) == 2:
+        runs += [args.output / time_run_name(equal_time_plan(args, seed)[0], seed) for seed in args.seeds]
+    missing = [run.name for run in runs if not (run / "model.safetensors").is_file()]
+    if missing:
+        print(f"study: not trained yet, not scored: {', '.join(missing)} (run the train and equal-time phases)")
+    runs = [run for run in runs if run.name not in missing]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        list(pool.map(lambda job: score(*job), jobs))
-
-
-def scores_at(run: Path, iteration: int, final_iteration: int) -> dict:
-    name = "scores_final.json" if iteration == final_iteration else f"scores_iter{iteration}.json"
-    return json.loads((run / name).read_text())
+        list(pool.map(lambda run: score(run / "model.safetensors", run / "scores_final.json"), runs))
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
@@ -161,18 +157,20 @@ def report_phase(args: argparse.Namespace) -> None:
     timed: dict = {}
     if len(arms) == 2:
         for s in seeds:
-            budget, points = equal_time_point({arm: runs[(arm, s)] for arm in arms})
-            timed[s] = {"budget_s": budget, "iterations": points,
-                        "scores": {arm: scores_at(runs[(arm, s)], it, args.iterations)
-                                   for arm, it in points.items()}}
-        doc["equal_time_points"] = {str(s): {"budget_s": t["budget_s"], "iterations": t["iterations"]}
-                                    for s, t in timed.items()}
+            fast, slow, iterations = equal_time_plan(args, s)
+            fast_run = args.output / time_run_name(fast, s)
+            timed[s] = {"budget_s": doc["runs"][run_name(slow, s)]["train_s"], "iterations": {slow: args.iterations,
+                        fast: iterations}, "fast_train_s": read_csv(fast_run / "train_log.csv")[-1]["train_s"],
+                        "scores": {slow: final[(slow, s)],
+                                   fast: json.loads((fast_run / "scores_final.json").read_text())}}
+        doc["equal_time_points"] = {str(s): {k: v for k, v in t.items() if k != "scores"} for s, t in timed.items()}
     for label, table in (("equal_iterations", {s: final_by_arm(final, arms, s) for s in seeds}),
                          ("equal_time", {s: t["scores"] for s, t in timed.items()})):
         if not table:
             continue
         names = [n for n in SETS if all(n in table[s][arm] for s in table for arm in arms)]
-        print(f"\n{label.replace('_', ' ')} ({args.iterations} iterations; mean ± sd over seeds {seeds})")
+        what = f"{args.iterations} iterations" if label == "equal_iterations" else "the slower arm's training time"
+        print(f"\n{label.replace('_', ' ')} ({what}; mean ± sd over seeds {seeds})")
         print("| arm | " + " | ".join(f"{n} PSNR-Y | {n} SSIM-Y" for n in names) + " |")
         print("|---|" + "---|---|" * len(names))
         for arm in arms:
@@ -193,18 +191,24 @@ def report_phase(args: argparse.Namespace) -> None:
                 f"{d['mean']:+.3f} [{d['ci95_low']:+.3f}, {d['ci95_high']:+.3f}] | " for d in diffs.values()) + " |")
     for key, r in doc["runs"].items():
         print(f"{key}: {r['train_s']:.0f} s training ({r['it_per_s']:.3f} it/s), {r['train_cpu_s']:.0f} CPU s")
+    for s, t in timed.items():
+        print(f"equal time, seed {s}: {t['iterations']} iterations; slower arm {t['budget_s']:.0f} s, faster arm's "
+              f"equal-time run {t['fast_train_s']:.0f} s (trained without its partner: its own clock is not T)")
     if args.report:
         args.report.mkdir(parents=True, exist_ok=True)
         (args.report / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
-        plot(runs, arms, seeds, args.report / "study.png")
+        timed_runs = {(arm, s): args.output / time_run_name(arm, s) for s, t in timed.items()
+                      for arm, it in t["iterations"].items() if it != args.iterations}
+        plot(runs, timed_runs, arms, seeds, args.report / "study.png")
 
 
 def final_by_arm(final: dict, arms: list[str], seed: int) -> dict:
     return {arm: final[(arm, seed)] for arm in arms}
 
 
-def plot(runs: dict, arms: list[str], seeds: list[int], path: Path) -> None:
-    """Set5 PSNR-Y (validation curve) against iterations and against training seconds."""
+def plot(runs: dict, timed_runs: dict, arms: list[str], seeds: list[int], path: Path) -> None:
+    """Set5 PSNR-Y (validation curve) against iterations and against training seconds; the
+    equal-time runs dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -212,20 +216,19 @@ def plot(runs: dict, arms: list[str], seeds: list[int], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     colours = dict(zip(arms, ("tab:red", "tab:blue")))
-    for (arm, s), run in runs.items():
+    curves = [(key, run, "-") for key, run in runs.items()] + [(key, run, "--") for key, run in timed_runs.items()]
+    for (arm, s), run, style in curves:
         rows = read_csv(run / "val_log.csv")
-        label = arm if s == seeds[0] else None
-        axes[0].plot([r["iteration"] for r in rows], [r["psnr_y"] for r in rows], color=colours[arm], label=label,
-                     marker="o", ms=3, lw=1)
-        axes[1].plot([r["train_s"] / 60 for r in rows], [r["psnr_y"] for r in rows], color=colours[arm],
-                     label=label, marker="o", ms=3, lw=1)
+        label = (arm if style == "-" else f"{arm}, equal-time run") if s == seeds[0] else None
+        for ax, x in ((axes[0], [r["iteration"] for r in rows]), (axes[1], [r["train_s"] / 60 for r in rows])):
+            ax.plot(x, [r["psnr_y"] for r in rows], color=colours[arm], ls=style, label=label, marker="o", ms=3, lw=1)
     axes[0].set_xlabel("iteration")
     axes[1].set_xlabel("training time (min, one CPU thread, both arms side by side)")
     axes[0].set_ylabel("Set5 x2 PSNR-Y (dB), EMA weights")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()
-    lo = min(r["psnr_y"] for run in runs.values() for r in read_csv(run / "val_log.csv")[1:])
+    lo = min(r["psnr_y"] for _, run, _ in curves for r in read_csv(run / "val_log.csv")[1:])
     axes[0].set_ylim(bottom=lo - 0.3)
     fig.suptitle(f"AgileIR-S vs SwinIR-S, x2 from scratch, seeds {seeds}")
     fig.tight_layout()
@@ -234,10 +237,10 @@ def plot(runs: dict, arms: list[str], seeds: list[int], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--phase", choices=["all", "train", "score", "report"], default="all")
+    parser.add_argument("--phase", choices=["all", "train", "equal-time", "score", "report"], default="all")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--iterations", type=int, default=800)
+    parser.add_argument("--iterations", type=int, default=500)
     parser.add_argument("--sequential", dest="parallel", action="store_false",
                         help="train the arms of a seed one after the other (default: side by side)")
     parser.add_argument("--output", type=Path, default=REPO / "runs" / "study")
@@ -247,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     if args.phase in ("all", "train"):
         train_phase(args)
+    if args.phase in ("all", "equal-time") and len(args.arms) == 2:
+        equal_time_phase(args)
     if args.phase in ("all", "score"):
         score_phase(args)
     if args.phase in ("all", "report"):

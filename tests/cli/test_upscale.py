@@ -423,10 +423,10 @@ def _camera_exif(width: int, height: int, orientation: int = 6) -> bytes:
 
 @pytest.mark.parametrize("ext,dtype,with_exif", [
     (".jpg", np.uint8, True), (".png", np.uint8, True), (".png", np.uint16, True), (".webp", np.uint8, True),
-    (".tif", np.uint8, False), (".tif", np.uint16, False)])
+    (".tif", np.uint8, True), (".tif", np.uint8, False), (".tif", np.uint16, False)])
 def test_colour_profile_and_exif_reach_the_output(tmp_path, weights, capsys, ext, dtype, with_exif):
     """ICC profile bytes unchanged; EXIF camera and date kept, orientation applied once (tag reset to 1)
-    and pixel dimensions updated. TIFF carries the profile (EXIF in TIFF is not written)."""
+    and pixel dimensions updated. 16-bit colour TIFF carries the profile only (tifffile writes it)."""
     icc = _srgb_profile()
     h, w = 12, 16
     stored = RNG.integers(0, 256 if dtype == np.uint8 else 65536, (h, w, 3), dtype=np.int64).astype(dtype)

@@ -148,3 +148,23 @@ def test_resume_refuses_changes_that_alter_the_run(tmp_path: Path, change: str, 
     train(_config(tmp_path, "r", "train.iterations=4", "data.num_workers=0"), stop_at=1)
     with pytest.raises(ConfigError, match=f"{why}.*model.init_from"):
         train(_config(tmp_path, "r", "train.iterations=4", "data.num_workers=0", change), resume="auto")
+
+
+def test_realworld_inputs_are_made_per_step_and_resume_exactly(tmp_path: Path) -> None:
+    extra = ("data.train.realworld.enabled=true", "train.iterations=4", "data.num_workers=0")
+    whole = train(_config(tmp_path, "rw-whole", *extra))
+    first = train(_config(tmp_path, "rw-split", *extra), stop_at=2)
+    second = train(_config(tmp_path, "rw-split", *extra), resume="auto")
+    assert first.losses + second.losses == whole.losses  # same degraded inputs after the resume
+    bicubic = train(_config(tmp_path, "bicubic", "train.iterations=4", "data.num_workers=0"))
+    assert bicubic.losses != whole.losses  # the LR really is the degraded one
+
+
+def test_realworld_needs_sr_without_lr_files(tmp_path: Path) -> None:
+    from agileir.engine.builders import build_train_dataset
+    from agileir.errors import ConfigError
+
+    for extra in (f"data.train.lr_dir={tmp_path}", "model.task=denoise"):
+        config = _config(tmp_path, "bad", "data.train.realworld.enabled=true", extra)
+        with pytest.raises(ConfigError, match="realworld"):
+            build_train_dataset(config, 3)

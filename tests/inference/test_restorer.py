@@ -157,3 +157,56 @@ def test_auto_tile_runs_tiles_and_reports_progress(monkeypatch):
         RNG.random((40, 40, 3)).astype(np.float32), progress=lambda done, total: calls.append((done, total)))
     assert out.shape == (80, 80, 3)
     assert calls and calls[-1][0] == calls[-1][1] > 1
+
+
+@pytest.mark.parametrize(("dtype", "in_chans", "shape"), [(np.uint8, 3, (37, 29, 3)), (np.uint16, 3, (21, 30, 3)),
+                                                          (np.uint8, 1, (25, 18)), (np.float32, 3, (20, 24, 3))])
+def test_tiled_arrays_are_assembled_band_by_band_like_the_float_path(dtype, in_chans, shape):
+    model = _tiny(in_chans=in_chans)
+    img = (RNG.random(shape) * (np.iinfo(dtype).max if dtype != np.float32 else 1)).astype(dtype)
+    restorer = Restorer(model, device="cpu", tile=8, tile_overlap=4)
+    out = restorer.restore_array(img)  # the banded path (no ensemble, channels match)
+    peak = np.float32(np.iinfo(dtype).max) if dtype != np.float32 else np.float32(1)
+    chw = img[None] if img.ndim == 2 else np.moveaxis(img, -1, 0)
+    ref = restorer.restore_tensor(torch.from_numpy(np.ascontiguousarray(chw, dtype=np.float32) / peak)).numpy()
+    ref = ref[0] if img.ndim == 2 else np.moveaxis(ref, 0, -1)
+    ref = (np.rint(ref * peak) if dtype != np.float32 else ref).astype(dtype)
+    assert out.dtype == dtype and out.shape == ref.shape
+    np.testing.assert_array_equal(out, ref)
+
+
+LARGE_OUTPUT = r"""
+import resource, sys
+import numpy as np, torch
+import agileir
+from agileir.inference.restorer import Restorer
+
+torch.set_num_threads(1)
+torch.manual_seed(0)
+model = agileir.build_model("agileir-s", scale=4, embed_dim=8, depths=(1,), num_heads=(1,), window_size=8,
+                            num_feat=8).eval()
+img = np.random.default_rng(0).integers(0, 256, (768, 768, 3), dtype=np.uint8)
+restorer = Restorer(model, device="cpu", tile=64, tile_overlap=8)
+restorer.restore_array(img[:64, :64])  # warm-up: allocator pools and kernels
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+out = restorer.restore_array(img)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(out.nbytes, peak - base)
+"""
+
+
+def test_large_output_memory_is_bounded_by_the_tile_not_the_image():
+    """A 3072x3072 output (28 MiB as uint8, 108 MiB as a float32 copy): the process grows by the
+    output, one band of tile rows and the input's float copy, far from a float image."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", LARGE_OUTPUT], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    out_bytes, growth = map(int, run.stdout.split())
+    float_image = out_bytes * 4
+    band = 64 * 4 * 3072 * 3 * 4  # one band of tile rows, float32
+    input_float = 768 * 768 * 3 * 4
+    assert out_bytes == 3072 * 3072 * 3
+    assert growth < out_bytes + input_float + 2 * band + 24 * 2 ** 20, (growth, float_image)
+    assert growth < out_bytes + float_image // 2

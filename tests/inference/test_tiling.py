@@ -83,6 +83,27 @@ def test_tiled_equals_whole_when_overlap_covers_receptive_field(scale: int) -> N
     torch.testing.assert_close(tiled, whole, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize(("h", "tile", "overlap", "scale"), [(37, 16, 8, 2), (53, 16, 4, 3), (16, 16, 8, 2),
+                                                          (10, 16, 8, 1), (40, 8, 0, 2)])
+def test_emitted_bands_are_the_blended_image_and_bounded_by_the_tile(h: int, tile: int, overlap: int,
+                                                                    scale: int) -> None:
+    model = _small_rf_model(scale)
+    x = torch.rand(1, 3, h, 29, generator=torch.Generator().manual_seed(1))
+    whole = tiled_forward(model, x, tile, overlap, scale=scale, window_size=8)
+    got = torch.full_like(whole, float("nan"))
+    bands: list[tuple[int, int]] = []
+
+    def emit(row: int, rows: torch.Tensor) -> None:
+        bands.append((row, rows.shape[2]))
+        got[:, :, row: row + rows.shape[2]] = rows
+
+    assert tiled_forward(model, x, tile, overlap, scale=scale, window_size=8, emit=emit) is None
+    torch.testing.assert_close(got, whole, rtol=0, atol=0)  # every row once, blended exactly the same
+    starts = [r for r, _ in bands]
+    assert starts == sorted(starts) and all(r + n == nxt for (r, n), nxt in zip(bands, starts[1:] + [h * scale]))
+    assert max(n for _, n in bands) <= min(tile, h) * scale
+
+
 def test_tiling_without_enough_overlap_differs() -> None:
     """The equality above is not trivial: seams appear when the overlap is too small."""
     model = _small_rf_model(2)

@@ -11,7 +11,8 @@ from agileir.errors import AgileIRError
 
 # Sub-command modules inside this package. Each defines
 # ``register(subparsers) -> None`` which adds its parser and sets ``func``.
-COMMAND_MODULES = ("upscale", "models", "compare", "info", "evaluate", "bench", "train", "export", "prepare")
+COMMAND_MODULES = ("upscale", "models", "compare", "info", "evaluate", "bench", "train", "export", "prepare",
+                   "degrade")
 
 
 def build_parser() -> argparse.ArgumentParser:

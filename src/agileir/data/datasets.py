@@ -245,6 +245,7 @@ class RestorationPatches(Dataset):
         jpeg_quality: quality, or a ``[low, high]`` range (integers) drawn per sample.
         in_chans: 3, or 1 for gray models (colour files reduced as the evaluation does).
         flip / rotate: random horizontal+vertical flips / 90-degree rotations (transpose).
+        make_lr: False to return HR patches alone (``{"hr": ...}``), for LR made from the batch.
         cache: decode every image once, up front, and keep it in memory.
         lr_border: MATLAB resize border of the on-the-fly LR (``mirror`` = EDSR/SwinIR files).
     """
@@ -252,6 +253,7 @@ class RestorationPatches(Dataset):
     def __init__(self, hr_files: Sequence[Path], lr_files: Sequence[Path] | None = None, *, scale: int = 2,
                  patch_size: int = 64, task: str = "sr", noise_sigma: Any = 25.0,
                  jpeg_quality: Any = 40, in_chans: int = 3, flip: bool = True, rotate: bool = True,
+                 make_lr: bool = True,
                  cache: bool = True, lr_border: str = "mirror", progress: bool = False) -> None:
         if task not in TASKS:
             raise ConfigError(f"task must be one of {TASKS}, got {task!r}")
@@ -262,7 +264,7 @@ class RestorationPatches(Dataset):
         if lr_files is not None and len(lr_files) != len(hr_files):
             raise ConfigError("hr_files and lr_files differ in length")
         self.scale, self.patch_size = int(scale), int(patch_size)
-        self.task, self.in_chans = task, int(in_chans)
+        self.task, self.in_chans, self.make_lr = task, int(in_chans), bool(make_lr)
         self.noise_range = _as_range(noise_sigma, "noise_sigma")
         q = _as_range(jpeg_quality, "jpeg_quality")
         self.quality_range = (int(q[0]), int(q[1]))
@@ -385,7 +387,9 @@ class RestorationPatches(Dataset):
         x = int(rng.integers(0, w_lr - p + 1))
         hr_patch = hr[s * y: s * (y + p), s * x: s * (x + p)]
         lr_float: np.ndarray | None = None
-        if lr_full is not None:
+        if not self.make_lr:  # the LR is made later, from the batch (data.realworld)
+            lr_patch = None
+        elif lr_full is not None:
             lr_patch = lr_full[y: y + p, x: x + p]
         elif self.task == "sr":
             lr_patch = self._lr_patch(hr, y, x)
@@ -401,9 +405,10 @@ class RestorationPatches(Dataset):
         # augmentation: the same flips / transpose for both
         ops = (self.flip and rng.random() < 0.5, self.flip and rng.random() < 0.5,
                self.rotate and rng.random() < 0.5)
-        lr_out = _to_tensor(lr_float if lr_float is not None else lr_patch, ops)
         hr_out = _to_tensor(hr_patch, ops)
-        return {"lr": lr_out, "hr": hr_out}
+        if lr_patch is None:
+            return {"hr": hr_out}
+        return {"lr": _to_tensor(lr_float if lr_float is not None else lr_patch, ops), "hr": hr_out}
 
 
 def _to_tensor(image: np.ndarray, ops: tuple[bool, bool, bool]) -> torch.Tensor:

@@ -31,7 +31,11 @@ _EIGHT_BIT_ONLY = ("JPEG", "WEBP", "BMP", "PPM")
 _ORIENTATION_TAG = 0x0112
 _EXIF_IFD, _PIXEL_X, _PIXEL_Y = 0x8769, 0xA002, 0xA003
 _TIFF_ICC_TAG = 34675
-_EXIF_FORMATS = ("JPEG", "PNG", "WEBP")
+_EXIF_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF")
+# TIFF keeps its EXIF in the first IFD beside the structural tags: only these are carried over,
+# with the Exif and GPS sub-IFDs (the structure of the output is its writer's)
+_TIFF_DESCRIPTIVE_TAGS = (270, 271, 272, 274, 282, 283, 296, 305, 306, 315, 33432)
+_EXIF_IFD, _GPS_IFD = 0x8769, 0x8825
 _ICC_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF")
 
 
@@ -172,6 +176,24 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, bytes | None]:
     return orient(arr, orientation), icc
 
 
+def _tiff_exif(path: Path) -> bytes | None:
+    """The descriptive EXIF of a TIFF (camera, date, Exif and GPS sub-IFDs), or None."""
+    try:
+        with Image.open(path) as im:
+            src = im.getexif()
+            out = Image.Exif()
+            for tag in _TIFF_DESCRIPTIVE_TAGS:
+                if tag in src:
+                    out[tag] = src[tag]
+            for ifd in (_EXIF_IFD, _GPS_IFD):
+                sub = src.get_ifd(ifd)
+                if sub:
+                    out.get_ifd(ifd).update(sub)
+            return out.tobytes() if set(out) - {274, 282, 283, 296} or out.get_ifd(_EXIF_IFD) else None
+    except Exception:  # metadata Pillow cannot parse: the pixels (read by tifffile) still count
+        return None
+
+
 def _read_pillow(path: Path) -> tuple[np.ndarray, bytes | None, bytes | None]:
     with Image.open(path) as im:
         check_pixels(path, *im.size)
@@ -297,6 +319,7 @@ def read_picture(path: str | os.PathLike) -> Picture:
     with read_errors(p):
         if fmt == "TIFF":
             pixels, icc = _read_tiff(p)
+            exif = _tiff_exif(p)
         elif fmt == "PNG" and _png_bit_depth(p) == 16:
             with Image.open(p) as im:  # the size and metadata from Pillow, the pixels from pypng
                 check_pixels(p, *im.size)
@@ -325,7 +348,8 @@ def write_picture(path: str | os.PathLike, pixels: np.ndarray, fmt: str | None =
     them; asking JPEG/WebP/BMP for 16 bits or JPEG for alpha is an :class:`ImageError`
     (:func:`check_writable`). ``quality`` (1-100) is the JPEG and WebP quality. ``icc_profile``
     is embedded where the format holds one (JPEG, PNG, WebP, TIFF), ``exif`` (as read) in JPEG,
-    PNG and WebP, with the orientation reset and the pixel dimensions of ``pixels``.
+    PNG, WebP and TIFF (not 16-bit colour TIFF, which tifffile writes), with the orientation
+    reset and the pixel dimensions of ``pixels``.
     """
     p = Path(path)
     fmt = fmt or image_format(p)
@@ -340,7 +364,7 @@ def write_picture(path: str | os.PathLike, pixels: np.ndarray, fmt: str | None =
     exif = exif_for_output(exif, arr.shape[1], arr.shape[0]) if exif and fmt in _EXIF_FORMATS else None
     try:
         with atomic_path(p) as tmp:
-            if fmt == "TIFF":
+            if fmt == "TIFF" and arr.dtype == np.uint16 and arr.ndim == 3:  # Pillow writes no 16-bit colour
                 import tifffile
 
                 tifffile.imwrite(str(tmp), arr, photometric="minisblack" if arr.ndim == 2 else "rgb",

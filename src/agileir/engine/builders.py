@@ -89,6 +89,10 @@ def build_train_dataset(config: Mapping[str, Any], in_chans: int, progress: bool
     task, scale = task_of(config)
     if d["hr_dir"] in (None, ""):
         raise ConfigError("data.train.hr_dir is required (a folder of ground-truth images)")
+    realworld = bool(d["realworld"]["enabled"])
+    if realworld and (task != "sr" or d["lr_dir"]):
+        raise ConfigError("data.train.realworld makes the LR from the HR images: it needs model.task sr and "
+                          "no data.train.lr_dir")
     folders = _as_list(d["hr_dir"])
     lr_files = None
     if d["lr_dir"]:
@@ -111,10 +115,20 @@ def build_train_dataset(config: Mapping[str, Any], in_chans: int, progress: bool
                           RuntimeWarning, stacklevel=2)
             cache = False
     return RestorationPatches(
-        hr_files, lr_files, scale=scale, patch_size=int(d["patch_size"]), task=task,
+        hr_files, lr_files, scale=scale, patch_size=int(d["patch_size"]), task=task, make_lr=not realworld,
         noise_sigma=d["noise_sigma"], jpeg_quality=d["jpeg_quality"], in_chans=in_chans,
         flip=bool(d["flip"]), rotate=bool(d["rotate"]), cache=cache, lr_border=str(d["lr_border"]), progress=progress)
 
 
-__all__ = ["model_overrides", "build_network", "init_from_weights", "build_optimizer", "task_of",
+def build_realworld(config: Mapping[str, Any]):
+    """The real-world degradation of ``data.train.realworld``, or None when it is off."""
+    from agileir.data.realworld import RealWorldDegradation, RealWorldSettings
+
+    section = config["data"]["train"]["realworld"]
+    if not section["enabled"]:
+        return None
+    return RealWorldDegradation(RealWorldSettings.from_mapping(section, "data.train.realworld"), task_of(config)[1])
+
+
+__all__ = ["model_overrides", "build_realworld", "build_network", "init_from_weights", "build_optimizer", "task_of",
            "build_train_dataset"]

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from agileir.data.realworld import realworld_defaults
 from agileir.engine.losses import build_loss
 from agileir.engine.schedule import LRSchedule
 from agileir.errors import ConfigError
@@ -52,6 +53,9 @@ DEFAULTS: dict[str, Any] = {
             "cache": True,  # keep decoded images in memory
             "cache_max_gb": 8.0,  # ... unless they would take more than this
             "lr_border": "mirror",  # MATLAB resize border for on-the-fly LR (EDSR/SwinIR files)
+            # real-world SR (model.task sr): LR made from each HR batch on the training device by the
+            # second-order degradation model; every range of it (defaults: data/realworld.py Stage)
+            "realworld": {"enabled": False, **realworld_defaults()},
         },
         "val": {
             "dir": None,  # benchmark folder (layouts of ``agileir test``); None: no validation

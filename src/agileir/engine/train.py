@@ -36,7 +36,8 @@ import yaml
 
 from agileir.engine import checkpoint as ckpt
 from agileir.engine import distributed as ddp
-from agileir.engine.builders import build_network, build_optimizer, build_train_dataset, init_from_weights
+from agileir.engine.builders import (build_network, build_optimizer, build_realworld, build_train_dataset,
+                                     init_from_weights)
 from agileir.engine.config import dump_config, resolve_config, resolve_path
 from agileir.engine.ema import ModelEMA
 from agileir.engine.losses import build_loss
@@ -144,6 +145,7 @@ class Trainer:
 
         # --- data
         self.dataset = build_train_dataset(config, int(self.net_config.in_chans), progress=self.main and self._bar_on())
+        self.degrade = build_realworld(config)  # None: the dataset makes the LR
         self.validator = None
         if self.main and config["data"]["val"]["dir"]:
             self.validator = Validator(config, self.net_config, self.device)
@@ -271,8 +273,10 @@ class Trainer:
 
     def _step(self, batch: dict[str, torch.Tensor]) -> tuple[float, float | None]:
         """One optimisation step; returns (global mean loss, grad norm or None when skipped)."""
-        lr_img = batch["lr"].to(self.device, non_blocking=True)
+        lr_img = batch["lr"].to(self.device, non_blocking=True) if "lr" in batch else None
         hr_img = batch["hr"].to(self.device, non_blocking=True)
+        if self.degrade is not None:  # seeded by (seed, step, rank): a resumed run makes the same inputs
+            lr_img = self.degrade(hr_img, (int(self.config["seed"]), self.iteration, self.dist.rank))
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, self.precision):
             out = self.ddp_model(lr_img)

@@ -19,7 +19,8 @@ from PIL import Image
 
 from agileir.errors import ConfigError, ImageError
 from agileir.inference.ensemble import TRANSFORMS, self_ensemble
-from agileir.inference.tiling import DEFAULT_OVERLAP, Progress, check_overlap, check_tile, run_model, tile_starts
+from agileir.inference.tiling import (DEFAULT_OVERLAP, Progress, RowSink, check_overlap, check_tile, run_model,
+                                     tile_starts)
 from agileir.inference.precision import precision_context, prepare_precision
 from agileir.runtime import INFERENCE_PRECISIONS, resolve_device
 
@@ -241,8 +242,9 @@ class Restorer:
         return passes * len(tile_starts(height, tile, self.tile_overlap)) * len(tile_starts(width, tile, self.tile_overlap))
 
     @torch.no_grad()
-    def _run(self, x: torch.Tensor, progress: Progress | None = None) -> torch.Tensor:
-        """(B, C_model, H, W) float32 CPU -> (B, C_model, sH, sW) float32 CPU.
+    def _run(self, x: torch.Tensor, progress: Progress | None = None, emit: RowSink | None = None) -> torch.Tensor | None:
+        """(B, C_model, H, W) float32 CPU -> (B, C_model, sH, sW) float32 CPU (or to ``emit`` in
+        bands of rows, see :func:`~agileir.inference.tiling.tiled_forward`; one pass only).
 
         ``progress(done, total)`` counts over all passes: see :meth:`progress_total`.
         """
@@ -252,7 +254,7 @@ class Restorer:
         def once(t: torch.Tensor) -> torch.Tensor:
             if tracker is None:
                 return run_model(self._forward, t, tile=tile, overlap=self.tile_overlap, scale=self.scale,
-                                 window_size=self.config.window_size, device=self.device)
+                                 window_size=self.config.window_size, device=self.device, emit=emit)
             tracker.start_pass()
             calls = 0
 
@@ -265,10 +267,13 @@ class Restorer:
 
             with _block_hooks(self.model, tracker.blocks if tile is None else None):
                 out = run_model(forward, t, tile=tile, overlap=self.tile_overlap, scale=self.scale,
-                                window_size=self.config.window_size, device=self.device, progress=tracker.tiles)
+                                window_size=self.config.window_size, device=self.device, progress=tracker.tiles,
+                                emit=emit)
             tracker.end_pass()
             return out
 
+        if emit is not None and self.self_ensemble:
+            raise ValueError("the self-ensemble averages whole passes: it cannot emit rows")
         return self_ensemble(once, x) if self.self_ensemble else once(x)
 
     def restore_tensor(self, x: torch.Tensor, progress: Progress | None = None) -> torch.Tensor:
@@ -325,13 +330,33 @@ class Restorer:
         else:
             raise ImageError(f"unsupported pixel type {arr.dtype} (uint8, uint16 or float in [0, 1])")
         chw = arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
-        x = torch.from_numpy(np.ascontiguousarray(chw, dtype=np.float32) / np.float32(peak))
+        x = np.array(chw, dtype=np.float32, order="C")  # the one float copy of the input
+        x /= np.float32(peak)
+        x = torch.from_numpy(x)
+        if not self.self_ensemble and x.shape[0] == self.config.in_chans:
+            return self._restore_in_bands(x, arr, peak, progress)
         y = self.restore_tensor(x, progress).numpy()
         if peak != 1.0:  # in place: no image-sized float temporaries beside the result
             y *= np.float32(peak)
             np.rint(y, out=y)
         y = y[0] if arr.ndim == 2 else np.moveaxis(y, 0, -1)
         return y.astype(arr.dtype, order="C")
+
+    def _restore_in_bands(self, x: torch.Tensor, arr: np.ndarray, peak: float, progress: Progress | None) -> np.ndarray:
+        """The output assembled in the input's dtype, band by band of tile rows: no float copy of
+        the whole enlarged image (the common case: no self-ensemble, no channel conversion)."""
+        s = self.scale
+        out = np.empty((arr.shape[0] * s, arr.shape[1] * s) + arr.shape[2:], dtype=arr.dtype)
+
+        def emit(row: int, rows: torch.Tensor) -> None:  # in place: the rows are the caller's to discard
+            band = rows[0].clamp_(0.0, 1.0)
+            if peak != 1.0:
+                band.mul_(peak).round_()  # half to even, as np.rint
+            band = band.numpy()
+            out[row: row + band.shape[1]] = band[0] if arr.ndim == 2 else np.moveaxis(band, 0, -1)
+
+        self._run(x[None], progress, emit)
+        return out
 
     def restore_pil(self, image: Image.Image, progress: Progress | None = None) -> Image.Image:
         """Restore a PIL image (L, I;16, RGB, RGBA; palette and LA images as RGB(A))."""

@@ -28,6 +28,7 @@ OutOfMemoryError: type[BaseException] = getattr(torch, "OutOfMemoryError", torch
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 Progress = Callable[[int, int], None]
+RowSink = Callable[[int, torch.Tensor], None]  # (first output row, (B, C, n, W) float32 rows)
 
 #: overlap of neighbouring tiles in input pixels, for every command and the API
 DEFAULT_OVERLAP = 32
@@ -142,12 +143,18 @@ def tiled_forward(
     device: torch.device | str | None = None,
     feather: int | None = None,
     progress: Progress | None = None,
-) -> torch.Tensor:
+    emit: RowSink | None = None,
+) -> torch.Tensor | None:
     """Run ``model`` on ``x`` (``(B, C, H, W)``, kept on the CPU) tile by tile.
 
     Each tile is moved to ``device``, restored, and blended into a float32 CPU accumulator with
     :func:`blend_weights`. Returns ``(B, C_out, scale*H, scale*W)`` on the CPU. ``progress``
     is called with ``(tiles done, tiles in all)`` after each tile.
+
+    With ``emit``, the accumulator is one band of tile rows, not the image: each time a row of
+    tiles is done, ``emit(first_row, rows)`` receives the output rows no later tile touches (float32
+    ``(B, C_out, n, scale*W)``, valid during the call only; ``emit`` may change them in place), and the function returns None. The
+    caller then keeps the image in its own dtype: memory is bounded by the tile, not the image.
     """
     check_tile(tile, window_size)
     if x.dim() != 4:
@@ -157,8 +164,14 @@ def tiled_forward(
     x_cpu = x.cpu()
     th, tw = min(tile, h), min(tile, w)
     out: torch.Tensor | None = None
+    top = 0  # output row of the accumulator's first row (0 unless emitting bands)
     n_tiles = len(tile_starts(h, tile, overlap)) * len(tile_starts(w, tile, overlap))
     for done, (y0, x0, weight) in enumerate(blend_weights(h, w, tile, overlap, feather, scale), start=1):
+        if emit is not None and out is not None and y0 > top:  # a new tile row: rows above it are final
+            emit(top, out[:, :, : y0 - top])
+            out = torch.roll(out, top - y0, dims=2)
+            out[:, :, out.shape[2] - (y0 - top):].zero_()
+            top = y0
         iy, ix = y0 // scale, x0 // scale
         patch = x_cpu[:, :, iy : iy + th, ix : ix + tw].to(device)
         res = model(patch)
@@ -168,13 +181,18 @@ def tiled_forward(
             )
         res = res.detach().to("cpu", torch.float32)
         if out is None:
-            out = torch.zeros((b, res.shape[1], h * scale, w * scale), dtype=torch.float32)
-        out[:, :, y0 : y0 + res.shape[-2], x0 : x0 + res.shape[-1]].add_(res.mul_(torch.from_numpy(weight.astype(np.float32))))
+            rows = th * scale if emit is not None else h * scale
+            out = torch.zeros((b, res.shape[1], rows, w * scale), dtype=torch.float32)
+        out[:, :, y0 - top : y0 - top + res.shape[-2], x0 : x0 + res.shape[-1]].add_(
+            res.mul_(torch.from_numpy(weight.astype(np.float32))))
         del patch, res
         if progress is not None:
             progress(done, n_tiles)
     assert out is not None
-    return out
+    if emit is None:
+        return out
+    emit(top, out[:, :, : h * scale - top])
+    return None
 
 
 def _free_device_memory(device: torch.device) -> None:
@@ -197,21 +215,27 @@ def run_model(
     device: torch.device | str | None = None,
     feather: int | None = None,
     progress: Progress | None = None,
-) -> torch.Tensor:
+    emit: RowSink | None = None,
+) -> torch.Tensor | None:
     """Restore ``x`` whole (``tile=None``) or in tiles, retrying with smaller tiles on OOM.
 
     On ``torch.OutOfMemoryError`` the whole-image pass falls back to tiles of half the larger
     side, and a tiled pass halves its tile (kept a multiple of ``window_size``, overlap
     reduced to below half the tile) until it fits; a :class:`RuntimeWarning` reports each
     retry. Raises :class:`AgileIRError` when even a one-window tile does not fit.
-    The result is a float32 tensor on the CPU.
+    The result is a float32 tensor on the CPU; with ``emit`` (see :func:`tiled_forward`) it
+    goes to ``emit`` in bands of rows (the whole image at once when untiled) and None is returned.
     """
     device = torch.device(device) if device is not None else x.device
     h, w = x.shape[-2:]
     if tile is None:
         try:
             with torch.no_grad():
-                return model(x.to(device)).detach().to("cpu", torch.float32)
+                whole = model(x.to(device)).detach().to("cpu", torch.float32)
+            if emit is None:
+                return whole
+            emit(0, whole)
+            return None
         except OutOfMemoryError:
             _free_device_memory(device)
             tile = _smaller_tile(max(h, w), window_size)
@@ -225,7 +249,7 @@ def run_model(
     while True:
         try:
             return tiled_forward(model, x, tile, overlap, scale=scale, window_size=window_size,
-                                 device=device, feather=feather, progress=progress)
+                                 device=device, feather=feather, progress=progress, emit=emit)
         except OutOfMemoryError:
             _free_device_memory(device)
             new_tile = _smaller_tile(tile, window_size)

@@ -36,7 +36,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                              img_size=64, scale=4, key_dim=16),
 }
 
-def preset_config(name: str, **overrides: Any) -> NetworkConfig:
+def preset_config(name: str, /, **overrides: Any) -> NetworkConfig:
     """The configuration of a preset, with ``task`` defaults applied before explicit overrides.
 
     ``task="denoise"`` or ``"jpeg"`` switches to the residual head (scale 1); JPEG also uses
@@ -57,6 +57,7 @@ def preset_config(name: str, **overrides: Any) -> NetworkConfig:
     return config.replace(**overrides) if overrides else config
 
 
-def build_model(name: str, **overrides: Any) -> RestorationTransformer:
-    """Build a preset (see ``PRESETS``) with optional overrides, e.g. ``scale=4, task="denoise"``."""
-    return RestorationTransformer(preset_config(name, **overrides))
+def build_model(preset: str, /, **overrides: Any) -> RestorationTransformer:
+    """Build a preset (see ``PRESETS``) with optional overrides, e.g. ``scale=4, task="denoise"``
+    (``name=`` relabels it, e.g. a fine-tuned variant)."""
+    return RestorationTransformer(preset_config(preset, **overrides))
