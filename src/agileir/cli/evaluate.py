@@ -19,6 +19,7 @@ from tqdm import tqdm
 from agileir.data.pairs import discover
 from agileir.errors import ConfigError
 from agileir.evaluation.protocol import Task, model_runner, task_for_model
+from agileir.evaluation.classical import CLASSICAL_DENOISERS
 from agileir.evaluation.runner import FolderResult, MethodResult, evaluate_folder
 from agileir.inference.precision import prepare_precision
 from agileir.inference.restorer import parse_tile
@@ -79,6 +80,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "the missing rows) or 'swinir' (SwinIR's test script: symmetric, always at least "
                         "one extra row/column); changes the third decimal")
     p.add_argument("--seed", type=int, default=0, help="noise seed, applied per image (default 0)")
+    p.add_argument("--classical", choices=CLASSICAL_DENOISERS, default=None,
+                   help="with --noise: add a classical denoiser's row on the same noisy inputs, given the true "
+                        "sigma (bm3d: pip install 'agileir[baselines]'; nlm: scikit-image's non-local means)")
     p.set_defaults(func=run)
 
 
@@ -198,7 +202,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     try:
         result = evaluate_folder(folder, task, forward=forward, label=label, in_chans=in_chans, device=device,
                                  seed=args.seed, save_images=args.save_images, on_image=lambda _: bar.update(1),
-                                 on_error=lambda msg: tqdm.write(f"agileir: error: {msg}", file=sys.stderr))
+                                 on_error=lambda msg: tqdm.write(f"agileir: error: {msg}", file=sys.stderr),
+                                 classical=args.classical)
     finally:
         bar.close()
 

@@ -28,6 +28,7 @@ REFUSED = {
     "data.train.noise_sigma": "it changes the training data",
     "data.train.jpeg_quality": "it changes the training data",
     "data.train.lr_border": "it changes the training data",
+    "data.train.realworld": "it changes the training data",
     "model": "the network differs",
     "train.loss": "it changes the objective",
     "train.optimizer.name": "the optimizer state belongs to another optimizer",

@@ -106,6 +106,7 @@ class Prepared:
     model_input: torch.Tensor | None  # (1, C, H, W) float, None without a model
     baseline: np.ndarray  # uint8 baseline output
     baseline_time: float
+    noisy: np.ndarray | None = None  # denoising: the float noisy image (what a classical denoiser gets)
 
 
 def prepare(folder: BenchmarkFolder, sample: Sample, task: Task, in_chans: int | None, seed: int = 0) -> Prepared:
@@ -129,7 +130,7 @@ def prepare(folder: BenchmarkFolder, sample: Sample, task: Task, in_chans: int |
         noisy = add_gaussian_noise(clean, float(task.noise or 0.0), seed)
         t_base = time.perf_counter() - t0
         x = float_to_tensor(noisy)
-        return Prepared(sample.name, gt, x if in_chans else None, tensor_to_uint8(x), t_base)
+        return Prepared(sample.name, gt, x if in_chans else None, tensor_to_uint8(x), t_base, noisy)
     t0 = time.perf_counter()
     degraded = jpeg_compress(gt, int(task.quality or 0))
     t_base = time.perf_counter() - t0

@@ -18,7 +18,8 @@ import torch
 
 from agileir.data.io import tensor_to_uint8, write_image
 from agileir.data.pairs import BenchmarkFolder
-from agileir.errors import AgileIRError
+from agileir.errors import AgileIRError, ConfigError
+from agileir.evaluation.classical import classical_denoise
 from agileir.evaluation.protocol import Prepared, Task, prepare, score
 from agileir.metrics import mean_metrics
 from agileir.runtime import synchronize
@@ -49,10 +50,11 @@ class FolderResult:
     baseline: MethodResult
     model: MethodResult | None
     failed: list[dict[str, str]] = field(default_factory=list)
+    classical: MethodResult | None = None  # denoising: a classical denoiser's row
 
     @property
     def methods(self) -> list[MethodResult]:
-        return [self.baseline] + ([self.model] if self.model is not None else [])
+        return [self.baseline] + [m for m in (self.classical, self.model) if m is not None]
 
 
 def prepare_folder(folder: BenchmarkFolder, task: Task, in_chans: int | None, seed: int = 0,
@@ -78,14 +80,19 @@ def evaluate_folder(folder: BenchmarkFolder, task: Task, *, forward: Forward | N
                     in_chans: int | None, device: torch.device, seed: int = 0,
                     save_images: Path | None = None,
                     on_image: Callable[[str], None] | None = None,
-                    on_error: Callable[[str], None] | None = None) -> FolderResult:
-    """Score the baseline and (with ``forward``) a model on every image of ``folder``.
+                    on_error: Callable[[str], None] | None = None,
+                    classical: str | None = None) -> FolderResult:
+    """Score the baseline and (with ``forward``) a model on every image of ``folder``; for
+    denoising, ``classical`` (``bm3d`` or ``nlm``) adds that denoiser's row on the same inputs.
 
     An image that cannot be read or scored is recorded in ``failed`` (and passed to
     ``on_error``) and the others go on; ``on_image`` is called after each image.
     """
+    if classical is not None and task.kind != "denoise":
+        raise ConfigError(f"a classical denoiser ({classical}) is a baseline for denoising (--noise) only")
     result = FolderResult(task, MethodResult(task.baseline_label),
-                          MethodResult(label) if forward is not None else None)
+                          MethodResult(label) if forward is not None else None,
+                          classical=MethodResult(f"{classical} (true sigma)") if classical else None)
     gray_is_y = in_chans == 1
     with torch.inference_mode():
         for sample in folder.samples:
@@ -93,7 +100,12 @@ def evaluate_folder(folder: BenchmarkFolder, task: Task, *, forward: Forward | N
                 prep = prepare(folder, sample, task, in_chans, seed)
                 base_row = {"name": sample.name, **score(prep.baseline, prep, task, gray_is_y),
                             "time_s": prep.baseline_time}
-                out, model_row = prep.baseline, None
+                out, model_row, classical_row = prep.baseline, None, None
+                if classical is not None and prep.noisy is not None:
+                    t0 = time.perf_counter()
+                    denoised = classical_denoise(prep.noisy, float(task.noise or 0.0), classical)
+                    classical_row = {"name": sample.name, **score(denoised, prep, task, gray_is_y),
+                                     "time_s": time.perf_counter() - t0}
                 if forward is not None and prep.model_input is not None:
                     synchronize(device)
                     t0 = time.perf_counter()
@@ -113,6 +125,8 @@ def evaluate_folder(folder: BenchmarkFolder, task: Task, *, forward: Forward | N
                 if on_image is not None:
                     on_image(sample.name)
             result.baseline.rows.append(base_row)
+            if classical_row is not None and result.classical is not None:
+                result.classical.rows.append(classical_row)
             if model_row is not None and result.model is not None:
                 result.model.rows.append(model_row)
     if not result.baseline.rows:
