@@ -76,6 +76,7 @@ SKIP_COMMANDS: dict[str, str] = {
     "agileir train --config configs/agileir-s_x2.yaml --resume": TRAINS + "; needs DIV2K and a run to resume",
     "torchrun --nproc_per_node 8 -m agileir train --config configs/agileir-s_x2.yaml": NEEDS_GPU + " (8 of them)",
     "agileir train --config configs/release/agileir-s_x2.yaml": TRAINS + "; needs ../shared/data",
+    "agileir train --config configs/release/agileir-s-real_x4.yaml": TRAINS + "; needs ../shared/data",
 }
 
 # A distinctive line of a Python block -> why it is not run here (or, for a callable, when).

@@ -26,8 +26,10 @@ def test_the_promised_weights_ship_with_the_package():
 
 @pytest.mark.parametrize("name", sorted(zoo.shipped_weights()))
 def test_shipped_weights_are_their_preset_at_their_scale(name):
-    preset, scale = re.fullmatch(r"(.+)_x(\d)", name).groups()
+    label, scale = re.fullmatch(r"(.+)_x(\d)", name).groups()
     model = agileir.load_model(zoo.shipped_weights()[name])
+    assert model.config.name == label  # a fine-tune is labelled as such (agileir-s-real: real-world degradations)
+    preset = label.removesuffix("-real")
     reference = agileir.build_model(preset, scale=int(scale)).config
     for field in ("attention", "embed_dim", "depths", "num_heads", "window_size", "mlp_ratio", "upsampler",
                   "scale", "key_dim", "resi_connection", "img_range", "in_chans"):

@@ -377,13 +377,17 @@ def _random_jpeg(g: torch.Generator, images: torch.Tensor, stage: Stage) -> torc
     return jpeg_batch(images, q)
 
 
+def _where(apply: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    """``kernels`` where ``apply`` (per image), the identity kernel elsewhere."""
+    identity = torch.zeros_like(kernels)
+    identity[:, MAX_KERNEL // 2, MAX_KERNEL // 2] = 1
+    return torch.where(apply[:, None, None], kernels, identity)
+
+
 def _stage(g: torch.Generator, images: torch.Tensor, stage: Stage, base: tuple[int, int]) -> torch.Tensor:
     b = images.shape[0]
     blur = torch.rand(b, generator=g, dtype=torch.float64) < stage.blur_prob
-    kernels = random_blur_kernels(g, stage, b)
-    identity = torch.zeros_like(kernels)
-    identity[:, MAX_KERNEL // 2, MAX_KERNEL // 2] = 1
-    images = filter_batch(images, torch.where(blur[:, None, None], kernels, identity))
+    images = filter_batch(images, _where(blur, random_blur_kernels(g, stage, b)))
     images = _random_resize(g, images.clamp(0, 1), stage, base)
     return _random_noise(g, images, stage)
 
@@ -405,10 +409,7 @@ class RealWorldDegradation:
         if float(torch.rand(1, generator=g, dtype=torch.float64)) < st.second_order_prob:
             x = _stage(g, x, st.second, target)
         sinc = torch.rand(b, generator=g, dtype=torch.float64) < st.final_sinc_prob
-        kernels = random_sinc_kernels(g, st.final_sinc_size, b)
-        identity = torch.zeros_like(kernels)
-        identity[:, MAX_KERNEL // 2, MAX_KERNEL // 2] = 1
-        kernels = torch.where(sinc[:, None, None], kernels, identity)
+        kernels = _where(sinc, random_sinc_kernels(g, st.final_sinc_size, b))
         mode = RESIZE_MODES[int(_choice(g, st.second.resize_modes, 1))]
         if float(torch.rand(1, generator=g, dtype=torch.float64)) < 0.5:  # resize + sinc, then JPEG
             x = _random_jpeg(g, filter_batch(_resize(x, target, mode), kernels), st.second)
