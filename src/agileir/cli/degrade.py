@@ -24,23 +24,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _settings(path: str | None) -> dict | None:
+    """The realworld section of a training config (data.train.realworld), or of a file with a
+    ``realworld:`` section, or the file itself as that section."""
     if path is None:
         return None
-    from agileir.engine.config import load_config
+    import yaml
+
+    from agileir.errors import ConfigError
 
     try:
-        return dict(load_config(path)["data"]["train"]["realworld"])
-    except Exception:  # not a training config: the section on its own
-        import yaml
-
-        from agileir.errors import ConfigError
-
-        try:
-            with open(path) as fh:
-                doc = yaml.safe_load(fh) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path}: cannot read the degradation settings ({exc})") from None
-        return dict(doc.get("realworld", doc)) if isinstance(doc, dict) else {}
+        with open(path) as fh:
+            doc = yaml.safe_load(fh) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read the degradation settings ({exc})") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: expected a mapping of degradation settings")
+    if isinstance(doc.get("data"), dict):
+        doc = (doc["data"].get("train") or {}).get("realworld") or {}
+    return dict(doc.get("realworld", doc))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -35,7 +35,7 @@ _EXIF_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF")
 # TIFF keeps its EXIF in the first IFD beside the structural tags: only these are carried over,
 # with the Exif and GPS sub-IFDs (the structure of the output is its writer's)
 _TIFF_DESCRIPTIVE_TAGS = (270, 271, 272, 274, 282, 283, 296, 305, 306, 315, 33432)
-_EXIF_IFD, _GPS_IFD = 0x8769, 0x8825
+_GPS_IFD = 0x8825
 _ICC_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF")
 
 
