@@ -106,16 +106,27 @@ def test_gray_conversions() -> None:
     assert np.array_equal(rgb_to_gray(gray), gray) and np.array_equal(rgb_to_y_uint8(gray), gray)
 
 
+def _pillow_jpeg_bytes(arr: np.ndarray, q: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=q, **({"subsampling": "4:2:0"} if arr.ndim == 3 else {}))
+    return buf.getvalue()
+
+
 def test_jpeg_and_gray_match_opencv(testdata_dir: Path) -> None:
-    """Bit-identical to OpenCV's imencode/imdecode and cvtColor (runs where cv2 is installed)."""
+    """Bit-identical to OpenCV's imencode/imdecode and cvtColor, which made SwinIR's JPEG data
+    (opencv-python-headless is in the test extra; skipped only where it is not installed)."""
     cv2 = pytest.importorskip("cv2")
     img = _load(testdata_dir / "Set5" / "HR" / "butterfly.png")
     assert np.array_equal(rgb_to_gray(img), cv2.cvtColor(img[:, :, ::-1], cv2.COLOR_BGR2GRAY))
     for q in (10, 20, 30, 40):
+        # the encoded files themselves, not only the decoded pixels: same bytes, colour and gray
         ok, buf = cv2.imencode(".jpg", img[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, q])
-        assert ok and np.array_equal(jpeg_compress(img, q), cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1])
+        assert ok and buf.tobytes() == _pillow_jpeg_bytes(img, q)
         ok, buf = cv2.imencode(".jpg", rgb_to_y_uint8(img), [cv2.IMWRITE_JPEG_QUALITY, q])
-        assert ok and np.array_equal(jpeg_compress(img, q, gray=True), cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE))
+        assert ok and buf.tobytes() == _pillow_jpeg_bytes(rgb_to_y_uint8(img), q)
+        assert np.array_equal(jpeg_compress(img, q, gray=True), cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE))
+        ok, buf = cv2.imencode(".jpg", img[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, q])
+        assert np.array_equal(jpeg_compress(img, q), cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1])
 
 
 def test_read_write_roundtrip_and_modes(tmp_path: Path) -> None:

@@ -70,8 +70,8 @@ def jpeg_compress(image: np.ndarray, quality: int, gray: bool = False) -> np.nda
 
     ``gray=True`` first reduces colour input to studio-range BT.601 Y rounded to uint8
     (:func:`agileir.data.io.rgb_to_y_uint8`, what gray JPEG models are tested on) and returns
-    ``(H, W)``. The decoded pixels are identical to OpenCV's ``imencode``/``imdecode`` (both use
-    libjpeg with the same defaults).
+    ``(H, W)``. The encoded bytes are identical to OpenCV's ``imencode`` (which made SwinIR's
+    JPEG data) at the benchmark qualities: both use libjpeg(-turbo) with the same defaults.
     """
     if not 1 <= int(quality) <= 100:
         raise ConfigError(f"JPEG quality must be in 1..100, got {quality}")
@@ -83,7 +83,9 @@ def jpeg_compress(image: np.ndarray, quality: int, gray: bool = False) -> np.nda
     elif arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
     buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="JPEG", quality=int(quality), subsampling="4:2:0")
+    # 4:2:0 for colour only: on one channel Pillow would write 2x2 sampling factors, OpenCV 1x1
+    options = {"subsampling": "4:2:0"} if arr.ndim == 3 else {}
+    Image.fromarray(arr).save(buf, format="JPEG", quality=int(quality), **options)
     buf.seek(0)
     with Image.open(buf) as im:
         out = np.asarray(im.convert("L" if arr.ndim == 2 else "RGB"))
