@@ -158,7 +158,9 @@ def test_tensor_conventions() -> None:
     assert np.array_equal(tensor_to_uint8(t), img)
     # clamp, scale, round
     x = torch.tensor([-0.2, 0.5 / 255, 1.6 / 255, 1.3]).view(1, 1, 1, 4)
+    before = x.clone()
     assert tensor_to_uint8(x).tolist() == [[0, 0, 2, 255]]
+    assert torch.equal(x, before), "the caller's tensor must not be clamped or scaled in place"
     gray = np.arange(6, dtype=np.uint8).reshape(2, 3)
     assert to_channels(gray, 3).shape == (2, 3, 3)
     assert to_channels(np.repeat(gray[:, :, None], 3, 2), 1)[:, :, 0].tolist() == gray.tolist()

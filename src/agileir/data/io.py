@@ -200,7 +200,9 @@ def tensor_to_uint8(x: torch.Tensor) -> np.ndarray:
         if t.shape[0] != 1:
             raise ValueError("tensor_to_uint8 expects a batch of one image")
         t = t[0]
-    t = t.float().clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8).cpu()
+    # out of place first: .float() of a float32 tensor is the caller's tensor itself, and the
+    # in-place steps would clamp and scale it (the denoising protocol reuses its noisy input)
+    t = t.float().clamp(0.0, 1.0).mul_(255.0).round_().to(torch.uint8).cpu()
     arr = t.permute(1, 2, 0).numpy()
     if arr.shape[2] == 1:
         arr = arr[:, :, 0]
