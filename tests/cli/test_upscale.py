@@ -168,6 +168,72 @@ def test_denoising_models_run_through_restore(tmp_path, weights, capsys):
     assert main(["restore", str(tmp_path / "noisy.png"), "--model", str(weights["x2"]), "--quiet"]) == 2
 
 
+@pytest.mark.parametrize("task", ["denoise", "jpeg"])
+def test_restore_task_picks_the_shipped_model_and_says_so(tmp_path, task, capsys):
+    """--task alone runs the shipped blind colour model of that task (nothing to download)."""
+    from agileir.models import zoo
+
+    _photo(tmp_path / "p.png", shape=(24, 28, 3))
+    assert main(["restore", str(tmp_path / "p.png"), "--task", task, "--quiet", "--threads", "1"]) == 0
+    err = capsys.readouterr().err
+    assert f"agileir-s_{task} (gswa, {task} x1)" in err
+    assert zoo.weights_info(f"agileir-s_{task}").task == task
+    assert read_picture(tmp_path / "p_restored.png").pixels.shape == (24, 28, 3)
+
+
+def test_restore_strength_blends_input_and_model_output(tmp_path, weights):
+    """strength s gives input + s (model - input): checked against the model's full output (s=1)
+    and the input (s=0), in float64, on the uint8 files."""
+    src = _photo(tmp_path / "n.png", shape=(12, 16, 3))
+    outs = {}
+    for s in ("0", "0.5", "1"):
+        assert main(["restore", str(src), "--model", str(weights["denoise"]), "--strength", s, "--quiet",
+                     "--suffix", f"_{s}", "--tile", "0"]) == 0
+        outs[s] = read_picture(tmp_path / f"n_{s}.png").pixels.astype(np.float64)
+    x = read_picture(src).pixels.astype(np.float64)
+    assert np.array_equal(outs["0"], x)
+    inside = (outs["1"] > 0) & (outs["1"] < 255)  # where the full output was not clipped to the range
+    assert inside.mean() > 0.5
+    assert np.abs(outs["0.5"] - (x + outs["1"]) / 2)[inside].max() <= 1.0  # each output rounded once
+
+
+@pytest.mark.parametrize("case", ["strength_high", "strength_nan", "sr_weights_for_denoise", "no_task",
+                                  "gray_weights_colour_image", "strength_on_sr"])
+def test_restore_errors_are_one_line_and_write_nothing(tmp_path, weights, case, capsys):
+    src = _photo(tmp_path / "in" / "c.png")
+    out = tmp_path / "out"
+    args = ["restore", str(src), "-o", str(out), "--quiet"]
+    if case == "strength_high":
+        args += ["--model", str(weights["denoise"]), "--strength", "1.5"]
+    elif case == "strength_nan":
+        args += ["--model", str(weights["denoise"]), "--strength", "nan"]
+    elif case == "sr_weights_for_denoise":
+        args += ["--model", str(weights["x2"]), "--task", "denoise"]
+    elif case == "gray_weights_colour_image":
+        torch.manual_seed(0)
+        gray = agileir.build_model("agileir-s", embed_dim=12, depths=(2,), num_heads=(2,), window_size=4,
+                                   task="denoise", in_chans=1)
+        args += ["--model", str(agileir.save_model(gray, tmp_path / "gray.safetensors"))]
+    elif case == "strength_on_sr":
+        args = ["upscale", str(src), "-o", str(out), "--quiet", "--model", str(weights["x2"])]
+        from agileir.inference.restorer import Restorer
+        from agileir.errors import ConfigError
+        with pytest.raises(ConfigError, match="strength applies to denoising and JPEG"):
+            Restorer(agileir.load_model(weights["x2"]), strength=0.5)
+    rc = main(args)
+    err = capsys.readouterr().err
+    if case == "strength_on_sr":
+        assert rc == 0
+        return
+    assert rc in (1, 2) and "Traceback" not in err
+    assert len([line for line in err.splitlines() if "error" in line]) == 1
+    message = {"strength_high": "strength must be between 0", "strength_nan": "strength must be between 0",
+               "sr_weights_for_denoise": "not a 'denoise' one", "no_task": "--task denoise or --task jpeg",
+               "gray_weights_colour_image": "restores gray images only"}[case]
+    assert message in err
+    assert not out.exists() or list(out.iterdir()) == []
+
+
 @pytest.mark.parametrize("case", ["corrupt", "unsupported", "empty_dir", "missing", "wrong_scale",
                                   "unwritable", "fp16", "too_small", "bad_tile"])
 def test_user_errors_are_one_line_nonzero_and_leave_no_files(tmp_path, weights, case):

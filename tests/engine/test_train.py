@@ -104,6 +104,31 @@ def test_every_shipped_config_loads_and_builds() -> None:
                 assert "_x2" in cfg["model"]["init_from"]
 
 
+@pytest.mark.parametrize("task", ["denoise", "jpeg"])
+def test_denoise_and_jpeg_configs_follow_the_published_recipe(task: str) -> None:
+    """Every preset x colour/gray, blind by default; SwinIR's recipe (Charbonnier, patch 128 / 126
+    on 7x7 JPEG windows, batch 8, 1.6M iterations); and the CPU release recipe of the shipped model."""
+    from agileir.engine.builders import model_overrides, task_of
+    from agileir.models import preset_config
+
+    paths = sorted((CONFIGS / task).glob("*.yaml"))
+    assert [p.stem for p in paths] == sorted(f"{m}_{task}-{c}" for m in ("swinir-s", "agileir-s", "swinir-m",
+                                                                        "agileir-m") for c in ("color", "gray"))
+    for path in paths + [CONFIGS / "release" / f"agileir-s_{task}.yaml"]:
+        cfg = load_config(path)
+        net = preset_config(cfg["model"]["preset"], **model_overrides(cfg))
+        assert task_of(cfg) == (task, 1) and net.task == task and net.upsampler == "none"
+        assert net.in_chans == (1 if path.stem.endswith("gray") else 3)
+        assert cfg["train"]["loss"]["name"] == "charbonnier"
+        level = cfg["data"]["train"]["noise_sigma" if task == "denoise" else "jpeg_quality"]
+        assert level == ([0, 50] if task == "denoise" else [10, 50])
+        assert cfg["data"]["train"]["patch_size"] % net.window_size == 0
+        if path.parent.name != "release":
+            assert net.window_size == (7 if task == "jpeg" else 8)
+            assert cfg["data"]["train"]["patch_size"] == (126 if task == "jpeg" else 128)
+            assert cfg["data"]["batch_size"] == 8 and cfg["train"]["iterations"] == 1_600_000
+
+
 # ----------------------------------------------------------------------------- pieces
 
 

@@ -84,12 +84,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     shipped = (f"shipped: {', '.join(re_names)}" if re_names else
                "none ship with agileir ('agileir models' lists what does)")
     re = sub.add_parser("restore", help="denoise or remove JPEG artefacts from image files",
-                        description="Restore images with a denoising or JPEG-artefact model (weights file). "
+                        description="Remove noise (--task denoise) or JPEG artefacts (--task jpeg) with the shipped "
+                                    "blind colour models, or restore with a weights file (--model). "
                                     "Writes NAME_restored.<ext> beside each input unless -o is given.")
     _common(re, default_model=None,
-            model_help="a denoising or JPEG-artefact weights file (.safetensors, official SwinIR .pth); "
-                       f"{shipped}",
+            model_help="shipped weights or a denoising / JPEG-artefact weights file (.safetensors, official "
+                       f"SwinIR .pth); default: the shipped model of --task ({shipped})",
             suffix_help="appended to output names (default _restored)")
+    re.add_argument("--task", choices=RESTORE_TASKS, default=None,
+                    help="denoise (Gaussian-like noise, sigma up to 50 on the 0-255 scale) or jpeg (JPEG qualities "
+                         "10-50); picks the shipped model, or checks that --model was trained for it")
+    re.add_argument("--strength", type=float, default=1.0, metavar="S",
+                    help="how much of the model's correction to keep, 0 (none) to 1 (all, the default): lower keeps "
+                         "more grain or texture")
     re.set_defaults(func=run, command_kind="restore", scale=None)
 
 
@@ -97,7 +104,7 @@ def _common(p: argparse.ArgumentParser, default_model: str | None, model_help: s
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
     p.add_argument("-o", "--output", default=None,
                    help="output folder (or a file name for a single input); default: beside each input")
-    p.add_argument("--model", default=default_model, required=default_model is None, help=model_help)
+    p.add_argument("--model", default=default_model, help=model_help)
     p.add_argument("--tile", default="auto",
                    help="tile side in input pixels (a multiple of the model's window), 'auto' (from free memory, "
                         "default) or 0 (whole image)")
@@ -231,14 +238,30 @@ def _load(args: argparse.Namespace, tile: int | str | None):
     from agileir.models.registry import resolve_model
 
     # upscale: shipped SR weights by name, or a file; restore: weights of any other task
-    model = resolve_model(args.model, args.scale) if args.command_kind == "sr" else resolve_model(args.model)
+    if args.command_kind == "restore" and args.model is None:
+        args.model = shipped_for_task(args.task)
+    model = resolve_model(args.model, args.scale) if args.command_kind == "sr" else \
+        resolve_model(args.model, task=args.task)
     task = model.config.task
     if args.command_kind == "sr" and task != "sr":
         raise ConfigError(f"{args.model} is a {task} model, not super-resolution; use 'agileir restore'")
     if args.command_kind == "restore" and task == "sr":
         raise ConfigError(f"{args.model} is a super-resolution model; use 'agileir upscale'")
     return Restorer(model, device=args.device, precision=args.precision, tile=tile,
-                    tile_overlap=args.tile_overlap, self_ensemble=args.self_ensemble)
+                    tile_overlap=args.tile_overlap, self_ensemble=args.self_ensemble,
+                    strength=getattr(args, "strength", 1.0))
+
+
+def shipped_for_task(task: str | None) -> str:
+    """The shipped weights ``agileir restore --task TASK`` uses: AgileIR's first."""
+    from agileir.models import zoo
+
+    if task is None:
+        raise ConfigError("say what to remove: --task denoise or --task jpeg (or --model WEIGHTS)")
+    infos = zoo.shipped_info((task,))
+    if not infos:
+        raise ConfigError(f"no shipped weights for --task {task}; pass a weights file with --model")
+    return min(infos, key=lambda i: (i.attention != "gswa", i.name)).name
 
 
 @dataclass
@@ -294,6 +317,11 @@ def plan_jobs(restorer, inputs: list[Path], targets: list[Path], overwrite: bool
             failed += 1
             continue
         fmt = image_format(dst)
+        if restorer.config.task != "sr" and restorer.config.in_chans == 1 and info.channels >= 3:
+            report(f"agileir: error: {src}: colour image, but the model restores gray images only "
+                   "(one channel); use a colour model, or convert the image to gray first")
+            failed += 1
+            continue
         try:
             check_writable(src, fmt, info.channels, info.bits)
         except ImageError as exc:
@@ -401,4 +429,4 @@ def _run(args: argparse.Namespace, tile: int | str | None, inputs: list[Path], t
     return 1 if failures else 0
 
 
-__all__ = ["register", "run", "collect_inputs", "output_paths", "check_folder_writable", "plan_jobs", "Job"]
+__all__ = ["register", "run", "shipped_for_task", "collect_inputs", "output_paths", "check_folder_writable", "plan_jobs", "Job"]

@@ -166,6 +166,17 @@ def _block_hooks(model: torch.nn.Module, report: Progress | None):
             handle.remove()
 
 
+def check_strength(strength: float, config: Any) -> float:
+    """``strength`` as a float in [0, 1], for a scale-1 (denoise / JPEG) model; else ConfigError."""
+    value = float(strength)
+    if not (0.0 <= value <= 1.0):
+        raise ConfigError(f"strength must be between 0 (keep the input) and 1 (the model's full output), got {strength}")
+    if value != 1.0 and config.task == "sr":
+        raise ConfigError("strength applies to denoising and JPEG models; a super-resolution model has no "
+                          "same-size input to blend with")
+    return value
+
+
 class Restorer:
     """A model ready to restore images: ``Restorer(model).restore(image)``.
 
@@ -188,12 +199,17 @@ class Restorer:
             in input pixels (a multiple of the window), or ``"auto"`` (from free memory).
         tile_overlap: overlap between tiles in input pixels.
         self_ensemble: average the eight flips/rotations (8x the time, about +0.1 dB).
+        strength: denoising / JPEG models only: how much of the model's correction is kept,
+            ``input + strength * (model(input) - input)``, from 0 (the input) to 1 (the model's
+            output, the default). Blind models have no level input; this is the control users of
+            real photos ask for (keep some grain, or some texture the model takes for noise).
     """
 
     def __init__(self, model: torch.nn.Module, *, device: str | torch.device = "auto", precision: str | None = None,
                  tile: int | str | None = None, tile_overlap: int = DEFAULT_OVERLAP,
-                 self_ensemble: bool = False) -> None:
+                 self_ensemble: bool = False, strength: float = 1.0) -> None:
         tile = parse_tile(tile)
+        self.strength = check_strength(strength, model.config)
         if isinstance(tile, int):
             check_tile(tile, model.config.window_size)
             check_overlap(tile_overlap, tile)
@@ -222,7 +238,10 @@ class Restorer:
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         with precision_context(self.device, self.precision):
-            return self.model(x).float()
+            y = self.model(x).float()
+        if self.strength != 1.0:  # per tile and per pass: tiling and the ensemble see the blend
+            y = torch.lerp(x.to(y.dtype), y, self.strength)
+        return y
 
     def tile_for(self, height: int, width: int) -> int | None:
         """The tile side an ``height x width`` image is run with now (None: whole image)."""
