@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from side_by_side import busiest_crop, label  # scripts/side_by_side.py
+from side_by_side import busiest_crop, save_grid  # scripts/side_by_side.py
 
 from agileir.data.resize import imresize
 from agileir.inference.restorer import Restorer
@@ -54,16 +54,8 @@ def main() -> None:
         outputs = [np.repeat(np.repeat(region, s, 0), s, 1), imresize(region, s)]
         outputs += [r.restore(region) for r in restorers]
         texts = [f"{photo}, JPEG q{quality}", f"bicubic x{s}"] + [Path(n).stem for n in names]
-        tiles = []
-        for image, text in zip(outputs, texts):
-            tiles.append(label(np.ascontiguousarray(image[inner, inner]), text))
-            tiles.append(np.full((c * s, 4, 3), 255, np.uint8))
-        rows.append(np.concatenate(tiles[:-1], axis=1))
-        rows.append(np.full((4, rows[-1].shape[1], 3), 255, np.uint8))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.concatenate(rows[:-1], axis=0)).save(out)
-    print(f"wrote {out}")
+        rows.append([(image[inner, inner], text) for image, text in zip(outputs, texts)])
+    save_grid(rows, args.out)
 
 
 if __name__ == "__main__":

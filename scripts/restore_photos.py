@@ -13,23 +13,15 @@ output and the output at --strength 0.5 (as ``agileir restore --task ... --stren
 from __future__ import annotations
 
 import argparse
-import io
-from pathlib import Path
 
 import numpy as np
-from PIL import Image
-from side_by_side import busiest_crop, label  # scripts/side_by_side.py
+from real_photos import jpeg  # scripts/real_photos.py
+from side_by_side import busiest_crop, save_grid  # scripts/side_by_side.py
 
 from agileir.data.degradations import add_gaussian_noise
 from agileir.inference.restorer import Restorer
 
 ROWS = (("jpeg", "astronaut", 10), ("jpeg", "rocket", 20), ("denoise", "coffee", 25), ("denoise", "chelsea", 15))
-
-
-def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, "JPEG", quality=quality)
-    return np.asarray(Image.open(buf).convert("RGB"))
 
 
 def degrade(task: str, image: np.ndarray, level: int) -> np.ndarray:
@@ -57,17 +49,9 @@ def main() -> None:
         outputs = [region, models[task][1.0].restore(region), models[task][0.5].restore(region)]
         what = f"JPEG q{level}" if task == "jpeg" else f"noise sigma {level}"
         texts = [f"{photo}, {what}", f"agileir-s_{task}", "strength 0.5"]
-        tiles = []
-        for image, text in zip(outputs, texts):
-            crop = np.ascontiguousarray(image[margin: margin + c, margin: margin + c])
-            tiles.append(label(np.repeat(np.repeat(crop, z, 0), z, 1), text))
-            tiles.append(np.full((c * z, 4, 3), 255, np.uint8))
-        rows.append(np.concatenate(tiles[:-1], axis=1))
-        rows.append(np.full((4, rows[-1].shape[1], 3), 255, np.uint8))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.concatenate(rows[:-1], axis=0)).save(out)
-    print(f"wrote {out}")
+        crops = [image[margin: margin + c, margin: margin + c] for image in outputs]
+        rows.append([(np.repeat(np.repeat(crop, z, 0), z, 1), text) for crop, text in zip(crops, texts)])
+    save_grid(rows, args.out)
 
 
 if __name__ == "__main__":

@@ -57,6 +57,28 @@ def label(tile: np.ndarray, text: str) -> np.ndarray:
     return np.asarray(im)
 
 
+def labelled_grid(rows: list[list[tuple[np.ndarray, str]]], gap: int = 4) -> np.ndarray:
+    """Rows of (equal-height image, label) tiles joined with white gaps into one picture."""
+    strips = []
+    for row in rows:
+        height = row[0][0].shape[0]
+        tiles = []
+        for image, text in row:
+            tiles += [label(np.ascontiguousarray(image), text), np.full((height, gap, 3), 255, np.uint8)]
+        strips += [np.concatenate(tiles[:-1], axis=1), None]
+    width = strips[0].shape[1]
+    return np.concatenate([s if s is not None else np.full((gap, width, 3), 255, np.uint8) for s in strips[:-1]],
+                          axis=0)
+
+
+def save_grid(rows: list[list[tuple[np.ndarray, str]]], out: str | Path) -> None:
+    """Write :func:`labelled_grid` of ``rows`` to ``out`` (its folder made) and say so."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(labelled_grid(rows)).save(out)
+    print(f"wrote {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("photo", nargs="?", default=None)

@@ -54,6 +54,7 @@ SKIP_COMMANDS: dict[str, str] = {
     "agileir test --model weights.pth --data path/to/B100 --scale 4 --tile 128 --self-ensemble":
         "the user's weights and data",
     "agileir test --model weights.safetensors --data path/to/HR_only_folder --noise 25": "the user's weights and data",
+    "agileir test --model agileir-s_jpeg --data path/to/LIVE1 --jpeg 10": "LIVE1 is not shipped (docs/tasks.md: layouts)",
     "agileir bench": BENCH,
     "bash scripts/train_gpu.sh /data/DIV2K": NEEDS_GPU + " and DIV2K (tests/engine/test_div2k_pipeline.py runs it on a "
                                              "CPU with a tiny model on a synthetic DIV2K folder)",

@@ -231,6 +231,18 @@ def test_denoise_task(tiny_weights, tmp_path: Path, capsys) -> None:
     assert rc == 2 and "--noise" in err
 
 
+@pytest.mark.parametrize("level,message", [(["--noise", -5], "noise sigma must be >= 0"),
+                                           (["--noise", "nan"], "noise sigma must be >= 0"),
+                                           (["--jpeg", 0], "JPEG quality must be in 1..100"),
+                                           (["--jpeg", 101], "JPEG quality must be in 1..100")])
+def test_levels_out_of_range_are_one_line_errors(tiny_weights, tmp_path: Path, capsys, level, message) -> None:
+    data = _small_hr_folder(tmp_path / "hr")
+    model = tiny_weights["denoise" if level[0] == "--noise" else "jpeg"]
+    rc, out, err = _run(["--model", model, "--data", data, *level, "--json", tmp_path / "r.json"], capsys)
+    assert rc == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r.json").exists()
+
+
 def test_jpeg_task_reports_psnrb(tiny_weights, tmp_path: Path, capsys) -> None:
     data = _small_hr_folder(tmp_path / "hr")
     rc, out, _ = _run(["--model", tiny_weights["jpeg"], "--data", data, "--jpeg", 10,

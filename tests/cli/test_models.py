@@ -19,7 +19,7 @@ def _readme_table() -> dict[str, tuple[tuple[float, float], tuple[float, float]]
     rows = {}
     number = r"([\d.]+)\s*/\s*([\d.]+)"
     for line in README.read_text().splitlines():
-        m = re.match(rf"\|\s*`([\w.-]+_x\d)`\s*\|\s*{number}\s*\|\s*{number}\s*\|", line)
+        m = re.match(rf"\|\s*`([\w.-]+_(?:x\d|denoise|jpeg))`\s*\|\s*{number}\s*\|\s*{number}\s*\|", line)
         if m:
             a, b, c, d = (float(x) for x in m.groups()[1:])
             rows[m.group(1)] = ((a, b), (c, d))

@@ -26,11 +26,15 @@ def test_the_promised_weights_ship_with_the_package():
 
 @pytest.mark.parametrize("name", sorted(zoo.shipped_weights()))
 def test_shipped_weights_are_their_preset_at_their_scale(name):
-    label, scale = re.fullmatch(r"(.+)_x(\d)", name).groups()
+    label, kind = re.fullmatch(r"(.+)_(x\d|denoise|jpeg)", name).groups()
     model = agileir.load_model(zoo.shipped_weights()[name])
     assert model.config.name == label  # a fine-tune is labelled as such (agileir-s-real: real-world degradations)
     preset = label.removesuffix("-real")
-    reference = agileir.build_model(preset, scale=int(scale)).config
+    if kind.startswith("x"):
+        reference = agileir.build_model(preset, scale=int(kind[1:])).config
+    else:  # the release JPEG recipe keeps img_range 1 (it starts from SR weights): configs/release/
+        reference = agileir.build_model(preset, task=kind, **({"img_range": 1.0} if kind == "jpeg" else {})).config
+        assert model.config.task == kind
     for field in ("attention", "embed_dim", "depths", "num_heads", "window_size", "mlp_ratio", "upsampler",
                   "scale", "key_dim", "resi_connection", "img_range", "in_chans"):
         assert getattr(model.config, field) == getattr(reference, field), field
@@ -49,31 +53,41 @@ def test_names_resolve_and_missing_ones_say_what_exists():
         resolve_model("agileir-s_x4", 2)
 
 
-def _readme_scores() -> dict[tuple[str, int], float]:
-    """The README's table of shipped-weight scores: (name, scale) -> Set5 PSNR-Y."""
+def _readme_scores() -> dict[str, float]:
+    """The README's table of shipped-weight scores: name -> Set5 PSNR-Y."""
     rows = {}
     for line in (REPO / "README.md").read_text().splitlines():
-        m = re.match(r"\|\s*`(agileir-s|swinir-s)_x(\d)`\s*\|\s*([\d.]+)\s*/", line)
+        m = re.match(r"\|\s*`([\w.-]+_(?:x\d|denoise|jpeg))`\s*\|\s*([\d.]+)\s*/", line)
         if m:
-            rows[(m.group(1), int(m.group(2)))] = float(m.group(3))
+            rows[m.group(1)] = float(m.group(2))
     return rows
 
 
-@pytest.mark.parametrize("name,scale", [("agileir-s", 2), ("agileir-s", 4), ("swinir-s", 4)])
-def test_readme_scores_are_reproduced_by_agileir_test_on_set5(tmp_path, testdata_dir, name, scale):
+# the level each README row is measured at (scores.json "level"); denoising and JPEG at one level
+MEASURED_WITH = {"agileir-s_x2": ["--scale", "2"], "agileir-s_x4": ["--scale", "4"], "swinir-s_x4": ["--scale", "4"],
+                 "agileir-s_denoise": ["--noise", "25"], "agileir-s_jpeg": ["--jpeg", "20"]}
+
+
+@pytest.mark.parametrize("name", sorted(MEASURED_WITH))
+def test_readme_scores_are_reproduced_by_agileir_test_on_set5(tmp_path, testdata_dir, name):
     stated = _readme_scores()
-    assert (name, scale) in stated, "the README must state the shipped weights' Set5 score"
+    assert name in stated, "the README must state the shipped weights' Set5 score"
     out = tmp_path / "scores.json"
-    rc = main(["test", "--model", name, "--scale", str(scale), "--data", str(testdata_dir / "Set5"),
+    rc = main(["test", "--model", name, *MEASURED_WITH[name], "--data", str(testdata_dir / "Set5"),
                "--json", str(out), "--device", "cpu"])
     assert rc == 0
     report = json.loads(out.read_text())
     measured = _psnr_y_of(report)
-    assert abs(measured - stated[(name, scale)]) < 0.005, (measured, stated[(name, scale)])
+    assert abs(measured - stated[name]) < 0.005, (measured, stated[name])
+
+
+def test_every_shipped_file_is_measured_here():
+    assert set(MEASURED_WITH) == set(zoo.shipped_weights())
 
 
 def _psnr_y_of(report: dict) -> float:
+    baselines = {"bicubic", "noisy input", "JPEG input"}
     for method in report["methods"]:
-        if method["name"] != "bicubic":
+        if method["name"] not in baselines:
             return float(method["mean"]["psnr_y"])
     raise AssertionError(f"no model row in {report}")

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     infos = shipped_info()
     if args.json:
         print(json.dumps([{"name": i.name, "task": i.task, "scale": i.scale, "preset": i.preset,
-                           "attention": i.attention, "training": i.training,
+                           "attention": i.attention, "training": i.training, "level": i.level or None,
                            "scores": {b: {"psnr_y": s[0], "ssim_y": s[1]} for b, s in i.scores.items()}}
                           for i in infos], indent=2))
         return 0
@@ -46,8 +46,12 @@ def run(args: argparse.Namespace) -> int:
     widths = [max(len(r[k]) for r in (header, *rows)) for k in range(len(header))]
     for r in (header, *rows):
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-    print("\nuse: agileir upscale IMAGE --model NAME, or a preset name with --scale (--model agileir-s --scale 4)")
+    print("\nuse: agileir upscale IMAGE --model NAME, or a preset name with --scale (--model agileir-s --scale 4); "
+          "agileir restore IMAGE --task denoise|jpeg")
     print("scores: PSNR-Y (dB) / SSIM-Y with the 'agileir test' protocol (border = scale); see docs/weights.md")
+    for i in infos:
+        if i.level:
+            print(f"  {i.name}: at {i.level} (every level: docs/tasks.md)")
     return 0
 
 

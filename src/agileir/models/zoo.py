@@ -34,6 +34,7 @@ class WeightsInfo:
     attention: str  # window (SwinIR) or gswa (AgileIR)
     scores: dict[str, tuple[float, float]] = field(default_factory=dict)  # set -> (PSNR-Y, SSIM-Y)
     training: str = ""
+    level: str = ""  # denoise / jpeg: the degradation the scores are at ("noise sigma 25", "JPEG q 20")
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
@@ -69,7 +70,7 @@ def weights_info(name: str) -> WeightsInfo:
     return WeightsInfo(name=path.stem, path=path, preset=str(config.get("name") or path.stem.rsplit("_x", 1)[0]),
                        task=task, scale=int(config.get("scale", 1)) if task == "sr" else 1,
                        attention=str(config.get("attention", "window")), scores=scores,
-                       training=str(entry.get("training", "")))
+                       training=str(entry.get("training", "")), level=str(entry.get("level", "")))
 
 
 def shipped_info(tasks: tuple[str, ...] | None = None) -> list[WeightsInfo]:

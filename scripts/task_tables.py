@@ -1,0 +1,80 @@
+"""Score the shipped denoising and JPEG models with their baselines, and print the docs/tasks.md tables.
+
+    python scripts/task_tables.py            # runs what is missing (agileir test, one thread each), then prints
+    python scripts/task_tables.py --print    # only prints, from the JSON files already there
+
+One ``agileir test --json`` per set and level under ``runs/tasks/``: colour denoising at sigma
+15/25/50 beside CBM3D (``--classical bm3d``, given the true sigma) and the noisy input; colour JPEG
+at quality 10/20/30/40 beside the compressed input. Set5 and Set14 are disjoint from the training
+pool (SunHays80, McMaster, B100).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+from pathlib import Path
+
+OUT = Path("runs/tasks")
+SETS = ("Set14", "Set5")
+DATA = "../shared/data/benchmarks"
+LEVELS = {"denoise": (15, 25, 50), "jpeg": (10, 20, 30, 40)}
+
+
+def result_path(task: str, bench: str, level: int) -> Path:
+    return OUT / f"{task}-{bench}-{level}.json"
+
+
+def run_missing() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    for task, levels in LEVELS.items():
+        for bench in SETS:
+            for level in levels:
+                path = result_path(task, bench, level)
+                if path.exists():
+                    continue
+                extra = ["--noise", str(level), "--classical", "bm3d"] if task == "denoise" else ["--jpeg", str(level)]
+                subprocess.run(["agileir", "test", "--model", f"agileir-s_{task}", "--data", f"{DATA}/{bench}",
+                                *extra, "--threads", "1", "--json", str(path)], check=True)
+
+
+def _means(task: str, bench: str, level: int, baselines: tuple[str, ...]) -> tuple[list[dict], dict]:
+    """The baselines' mean scores (in order) and the model's, from one ``agileir test --json``."""
+    doc = json.loads(result_path(task, bench, level).read_text())
+    means = {m["name"]: m["mean"] for m in doc["methods"]}  # baseline names may carry a note: "bm3d (true sigma)"
+    base = [next(v for k, v in means.items() if k.split(" (")[0] == b) for b in baselines]
+    model = next(v for k, v in means.items() if k.split(" (")[0] not in baselines)
+    return base, model
+
+
+def print_tables() -> None:
+    print("Colour denoising, PSNR (RGB) / SSIM (RGB), the published protocol (seed 0 per image, no clipping):\n")
+    print("| set | sigma | noisy input | CBM3D | agileir-s_denoise | gain over CBM3D |")
+    print("|---|---|---|---|---|---|")
+    for bench in SETS:
+        for level in LEVELS["denoise"]:
+            (noisy, bm3d), model = _means("denoise", bench, level, ("noisy input", "bm3d"))
+            print(f"| {bench} | {level} | {noisy['psnr']:.2f} / {noisy['ssim']:.4f} | {bm3d['psnr']:.2f} / "
+                  f"{bm3d['ssim']:.4f} | {model['psnr']:.2f} / {model['ssim']:.4f} | {model['psnr'] - bm3d['psnr']:+.2f} dB |")
+    print("\nColour JPEG artefact removal, on Y (as SwinIR reports): PSNR-Y / SSIM-Y / PSNR-B-Y:\n")
+    print("| set | quality | JPEG input | agileir-s_jpeg | PSNR-B gain |")
+    print("|---|---|---|---|---|")
+    for bench in SETS:
+        for level in LEVELS["jpeg"]:
+            (base,), model = _means("jpeg", bench, level, ("JPEG input",))
+            cell = lambda v: f"{v['psnr_y']:.2f} / {v['ssim_y']:.4f} / {v['psnrb_y']:.2f}"  # noqa: E731
+            print(f"| {bench} | {level} | {cell(base)} | {cell(model)} | {model['psnrb_y'] - base['psnrb_y']:+.2f} dB |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--print", action="store_true", help="only print the tables from runs/tasks/*.json")
+    args = ap.parse_args()
+    if not args.print:
+        run_missing()
+    print_tables()
+
+
+if __name__ == "__main__":
+    main()
