@@ -3,7 +3,8 @@
 Why: a real-world model must be scored full-reference on inputs it has never seen, made the same
 way on every machine. Each image gets its own degradation seed from (seed, CRC-32 of its file
 name): independent of the order and of the other images in the set, and outside the
-(seed, step, rank) seeds training draws from, so the inputs are held out. The result is a folder
+(seed, step, rank) seeds training draws from, so the inputs are held out. The degradation runs
+on one thread, so the files do not depend on the caller's thread count. The result is a folder
 ``agileir test --lr-variant LR_realworld`` reads like any EDSR-layout benchmark.
 """
 
@@ -23,6 +24,7 @@ from agileir.data.io import is_image_file, read_image, tensor_to_uint8, uint8_to
 from agileir.data.realworld import RealWorldDegradation, RealWorldSettings, realworld_defaults
 from agileir.errors import ImageError
 from agileir.fileio import atomic_path, atomic_write_text
+from agileir.runtime import torch_threads
 
 VARIANT = "LR_realworld"
 
@@ -54,7 +56,10 @@ def degrade_benchmark(source: str | os.PathLike, destination: str | os.PathLike,
         hr = modcrop(read_image(path), scale)
         if min(hr.shape[:2]) < scale:
             raise ImageError(f"{path}: smaller than the scale {scale}")
-        lr = tensor_to_uint8(degrade(uint8_to_tensor(hr), image_seed(seed, path.name)))
+        # one thread: some kernels (bilinear resize, the JPEG DCT's products) round differently with
+        # the thread count, and the JPEG quantizer turns a last-bit difference into whole blocks
+        with torch_threads(1):
+            lr = tensor_to_uint8(degrade(uint8_to_tensor(hr), image_seed(seed, path.name)))
         (destination / "HR").mkdir(parents=True, exist_ok=True)
         with atomic_path(destination / "HR" / path.name) as tmp:
             shutil.copyfile(path, tmp)
