@@ -132,6 +132,7 @@ EXPECTED_OUTPUTS = {
     "agileir upscale src/agileir/assets/testdata/Set5/LR_bicubic/X2/butterflyx2.png -o out/":
         {"out/butterflyx2_x2.png": (256, 256)},
     "agileir upscale photo.jpg": {"photo_x2.jpg": (140, 140)},
+    "agileir upscale photo.jpg --model agileir-s-real --scale 4": {"photo_x4.jpg": (280, 280)},
     "agileir upscale photos/ -o big/ --scale 4": {"big/birdx4_x4.png": None, "big/headx4_x4.png": None},
     "agileir upscale photo.png -o photo_big.png --model swinir-s_x4 --threads 1": {"photo_big.png": (280, 280)},
     "agileir upscale photo.png -o web/ --format jpg --jpeg-quality 85": {"web/photo_x2.jpg": (140, 140)},

@@ -53,6 +53,14 @@ def test_names_resolve_and_missing_ones_say_what_exists():
         resolve_model("agileir-s_x4", 2)
 
 
+def test_a_shipped_fine_tune_family_resolves_by_scale():
+    """`--model agileir-s-real --scale 4` is the real-world x4 file; x2 by default, as for presets."""
+    assert resolve_model("agileir-s-real", 4).weights_source.endswith("agileir-s-real_x4.safetensors")
+    assert resolve_model("agileir-s-real").weights_source.endswith("agileir-s-real_x2.safetensors")
+    with pytest.raises(ModelLoadError, match=r"no shipped weights for agileir-s-real x3 \(shipped: x2, x4\)"):
+        resolve_model("agileir-s-real", 3)
+
+
 def _readme_scores() -> dict[str, float]:
     """The README's table of shipped-weight scores: name -> Set5 PSNR-Y."""
     rows = {}
@@ -65,7 +73,11 @@ def _readme_scores() -> dict[str, float]:
 
 # the level each README row is measured at (scores.json "level"); denoising and JPEG at one level
 MEASURED_WITH = {"agileir-s_x2": ["--scale", "2"], "agileir-s_x4": ["--scale", "4"], "swinir-s_x4": ["--scale", "4"],
-                 "agileir-s_denoise": ["--noise", "25"], "agileir-s_jpeg": ["--jpeg", "20"]}
+                 "agileir-s_denoise": ["--noise", "25"], "agileir-s_jpeg": ["--jpeg", "20"],
+                 "agileir-s-real_x2": ["--lr-variant", "LR_realworld"],
+                 "agileir-s-real_x4": ["--lr-variant", "LR_realworld"]}
+# the real-world models are scored on Set5 degraded by `agileir degrade --seed 0` at their scale
+DEGRADED = {"agileir-s-real_x2": 2, "agileir-s-real_x4": 4}
 
 
 @pytest.mark.parametrize("name", sorted(MEASURED_WITH))
@@ -73,7 +85,12 @@ def test_readme_scores_are_reproduced_by_agileir_test_on_set5(tmp_path, testdata
     stated = _readme_scores()
     assert name in stated, "the README must state the shipped weights' Set5 score"
     out = tmp_path / "scores.json"
-    rc = main(["test", "--model", name, *MEASURED_WITH[name], "--data", str(testdata_dir / "Set5"),
+    data = testdata_dir / "Set5"
+    if name in DEGRADED:
+        data = tmp_path / "Set5-degraded"
+        assert main(["degrade", str(testdata_dir / "Set5"), str(data), "--scale", str(DEGRADED[name]),
+                     "--seed", "0"]) == 0
+    rc = main(["test", "--model", name, *MEASURED_WITH[name], "--data", str(data),
                "--json", str(out), "--device", "cpu"])
     assert rc == 0
     report = json.loads(out.read_text())

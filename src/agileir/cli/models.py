@@ -51,7 +51,10 @@ def run(args: argparse.Namespace) -> int:
     print("scores: PSNR-Y (dB) / SSIM-Y with the 'agileir test' protocol (border = scale); see docs/weights.md")
     for i in infos:
         if i.level:
-            print(f"  {i.name}: at {i.level} (every level: docs/tasks.md)")
+            if i.task == "sr":  # a real-world model, scored on degraded inputs
+                print(f"  {i.name}: on {i.level} (docs/weights.md)")
+            else:
+                print(f"  {i.name}: at {i.level} (every level: docs/tasks.md)")
     return 0
 
 

@@ -5,6 +5,8 @@
 * a shipped weights name (``agileir-s_x4``, see :mod:`agileir.models.zoo`);
 * a preset name (``agileir-s``): its shipped weights for the requested task and scale, or --
   only when ``random_weights`` asks for it -- the preset with random weights;
+* a shipped family that is not a preset (``agileir-s-real``, a fine-tune): its file at the
+  requested scale (default 2, as for presets);
 * a weights file (``.safetensors`` of this project, an official SwinIR ``.pth``).
 
 A requested ``scale`` or ``task`` that the weights were not trained for is an error, never a
@@ -34,7 +36,7 @@ def looks_like_path(spec: str) -> bool:
 
 def known_names() -> list[str]:
     """Every name ``resolve_model`` accepts besides paths: presets and shipped weights."""
-    return [*PRESETS, *zoo.shipped_weights()]
+    return list(dict.fromkeys([*PRESETS, *zoo.shipped_scales(("sr",)), *zoo.shipped_weights()]))
 
 
 def resolve_model(spec: str | os.PathLike, scale: int | None = None, *, task: str | None = None,
@@ -49,6 +51,13 @@ def resolve_model(spec: str | os.PathLike, scale: int | None = None, *, task: st
     """
     text = str(spec)
     shipped = zoo.find_weights(text)
+    family = (zoo.shipped_scales(("sr",)).get(text.lower())
+              if shipped is None and text.lower() not in PRESETS and not looks_like_path(text) else None)
+    if family:
+        shipped = zoo.find_weights(text, scale or 2)
+        if shipped is None:
+            raise ModelLoadError(f"no shipped weights for {text} x{scale or 2} (shipped: "
+                                 f"{', '.join(f'x{s}' for s in family)}); use --scale {family[-1]}")
     if shipped is None and text.lower() in PRESETS:
         task = task or "sr"
         shipped = zoo.find_weights(text, scale or 2) if task == "sr" else None
