@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,6 +107,10 @@ def wrap_ddp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
+    # A one-input-channel convolution's weight grad (C, 1, k, k) comes back with stride 1 on its size-1
+    # dimension, the bucket view with stride k*k: the same memory layout, which DDP still reports on
+    # every rank as a stride mismatch that "may impair performance". Only that false alarm is silenced.
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides", category=UserWarning)
     if info.device.type == "cuda":
         return DistributedDataParallel(model, device_ids=[info.device.index], output_device=info.device.index)
     return DistributedDataParallel(model)

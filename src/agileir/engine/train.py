@@ -24,7 +24,6 @@ import os
 import random
 import sys
 import time
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,9 +154,9 @@ class Trainer:
             if len(rng_states) == self.dist.world_size:
                 ckpt.restore_rng_state(rng_states[self.dist.rank])
             else:
-                warnings.warn(f"the checkpoint was written by {len(rng_states)} processes, this run has "
-                              f"{self.dist.world_size}: random streams are re-seeded (data order is kept)",
-                              RuntimeWarning, stacklevel=2)
+                if self.main:
+                    say(f"agileir: resume: the checkpoint was written by {len(rng_states)} process(es), this run "
+                        f"has {self.dist.world_size}: random streams are re-seeded (data order is kept)")
                 _seed_everything(seed + self.dist.rank + 1000003 * self.iteration)
 
     # ------------------------------------------------------------------ set-up helpers
