@@ -225,3 +225,20 @@ def test_settings_reject_unknown_and_out_of_range_options() -> None:
                        ({"colour": True}, "unknown option realworld.colour")):
         with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
             rw.RealWorldSettings.from_mapping(bad)
+
+
+def test_cut_context_keeps_the_aligned_centre_of_the_pair() -> None:
+    """LR pixel (i, j) of the cut pair is LR (i + c, j + c) of the degraded crop, and its HR block is
+    the one under it: the pair stays aligned at any scale."""
+    scale, c = 3, 2
+    lr = torch.arange(2 * 3 * 10 * 12, dtype=torch.float32).reshape(2, 3, 10, 12)
+    hr = torch.arange(2 * 3 * 30 * 36, dtype=torch.float32).reshape(2, 3, 30, 36)
+    small_lr, small_hr = rw.cut_context(lr, hr, c)
+    assert small_lr.shape[-2:] == (6, 8) and small_hr.shape[-2:] == (18, 24)
+    lr_np, hr_np = lr.numpy(), hr.numpy()
+    for i, j in ((0, 0), (5, 7), (2, 4)):
+        assert small_lr[1, 2, i, j] == lr_np[1, 2, i + c, j + c]
+        assert np.array_equal(small_hr[1, 2, i * scale:(i + 1) * scale, j * scale:(j + 1) * scale].numpy(),
+                              hr_np[1, 2, (i + c) * scale:(i + c + 1) * scale, (j + c) * scale:(j + c + 1) * scale])
+    same_lr, same_hr = rw.cut_context(lr, hr, 0)
+    assert same_lr is lr and same_hr is hr

@@ -141,6 +141,7 @@ def test_resume_applies_changed_optimizer_settings_and_records_them(tmp_path: Pa
     ("seed=8", "data stream"), ("data.train.patch_size=4", "training data"), ("train.loss.name=charbonnier",
                                                                                "objective"),
     ("data.batch_size=2", "data stream"), ("train.optimizer.name=adamw", "another optimizer"),
+    ("data.train.realworld_context=2", "training data"),
 ])
 def test_resume_refuses_changes_that_alter_the_run(tmp_path: Path, change: str, why: str) -> None:
     from agileir.errors import ConfigError
@@ -158,6 +159,28 @@ def test_realworld_inputs_are_made_per_step_and_resume_exactly(tmp_path: Path) -
     assert first.losses + second.losses == whole.losses  # same degraded inputs after the resume
     bicubic = train(_config(tmp_path, "bicubic", "train.iterations=4", "data.num_workers=0"))
     assert bicubic.losses != whole.losses  # the LR really is the degraded one
+
+
+def test_realworld_context_is_degraded_and_cut_away(tmp_path: Path, monkeypatch) -> None:
+    """With context, the loader's HR crops are (patch + 2 context) x scale, the model still gets
+    patch-sized LR and the loss patch-x-scale HR, and the inputs differ from context 0."""
+    from agileir.engine import train as train_module
+
+    seen = []
+    real_cut = train_module.cut_context
+
+    def spy(lr, hr, context):
+        out = real_cut(lr, hr, context)
+        seen.append((tuple(lr.shape[-2:]), tuple(hr.shape[-2:]), tuple(out[0].shape[-2:]), tuple(out[1].shape[-2:])))
+        return out
+
+    monkeypatch.setattr(train_module, "cut_context", spy)
+    extra = ("data.train.realworld.enabled=true", "train.iterations=2", "data.num_workers=0")
+    wide = train(_config(tmp_path, "ctx", *extra, "data.train.realworld_context=2"))
+    assert seen[0] == ((12, 12), (24, 24), (8, 8), (16, 16))  # patch 8, context 2, x2
+    plain = train(_config(tmp_path, "noctx", *extra))
+    assert seen[-1] == ((8, 8), (16, 16), (8, 8), (16, 16))
+    assert wide.losses != plain.losses
 
 
 def test_realworld_needs_sr_without_lr_files(tmp_path: Path) -> None:

@@ -418,6 +418,19 @@ class RealWorldDegradation:
         return (torch.round(x.clamp(0, 1) * 255) / 255).to(hr.dtype if hr.is_floating_point() else torch.float32)
 
 
-__all__ = ["RealWorldDegradation", "RealWorldSettings", "Stage", "gaussian_kernels", "sinc_kernels",
+def cut_context(lr: torch.Tensor, hr: torch.Tensor, context: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training pair without ``context`` LR pixels on every side (``context * scale`` HR pixels).
+
+    Why: degrading a crop larger than the patch lets the blur and sinc kernels, up to 21 taps, read
+    image content at the patch's edge instead of padding, as they do on a whole photo.
+    """
+    if context <= 0:
+        return lr, hr
+    scale = hr.shape[-1] // lr.shape[-1]
+    c, C = context, context * scale
+    return lr[..., c: lr.shape[-2] - c, c: lr.shape[-1] - c], hr[..., C: hr.shape[-2] - C, C: hr.shape[-1] - C]
+
+
+__all__ = ["RealWorldDegradation", "cut_context", "RealWorldSettings", "Stage", "gaussian_kernels", "sinc_kernels",
            "filter_batch", "jpeg_batch", "realworld_defaults", "quantization_tables", "random_blur_kernels", "random_sinc_kernels",
            "KERNEL_KINDS", "RESIZE_MODES", "MAX_KERNEL"]

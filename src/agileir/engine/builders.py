@@ -114,8 +114,10 @@ def build_train_dataset(config: Mapping[str, Any], in_chans: int, progress: bool
                           f"data.train.cache_max_gb={d['cache_max_gb']}; decoding on the fly instead",
                           RuntimeWarning, stacklevel=2)
             cache = False
+    context = int(d["realworld_context"]) if realworld else 0  # the trainer cuts it away after degrading
     return RestorationPatches(
-        hr_files, lr_files, scale=scale, patch_size=int(d["patch_size"]), task=task, make_lr=not realworld,
+        hr_files, lr_files, scale=scale, patch_size=int(d["patch_size"]) + 2 * context, task=task,
+        make_lr=not realworld,
         noise_sigma=d["noise_sigma"], jpeg_quality=d["jpeg_quality"], in_chans=in_chans,
         flip=bool(d["flip"]), rotate=bool(d["rotate"]), cache=cache, lr_border=str(d["lr_border"]), progress=progress)
 

@@ -56,6 +56,10 @@ DEFAULTS: dict[str, Any] = {
             # real-world SR (model.task sr): LR made from each HR batch on the training device by the
             # second-order degradation model; every range of it (defaults: data/realworld.py Stage)
             "realworld": {"enabled": False, **realworld_defaults()},
+            # LR pixels degraded around each patch and cut away after: the blur and sinc kernels (up
+            # to 21 taps) then see image content at the patch's edge, not padding (Real-ESRGAN
+            # degrades crops larger than its patches for the same reason)
+            "realworld_context": 0,
         },
         "val": {
             "dir": None,  # benchmark folder (layouts of ``agileir test``); None: no validation
@@ -206,6 +210,9 @@ def validate_config(config: dict[str, Any]) -> None:
     positive(t["iterations"], "train.iterations")
     positive(d["batch_size"], "data.batch_size")
     positive(d["train"]["patch_size"], "data.train.patch_size")
+    context = d["train"]["realworld_context"]
+    if not isinstance(context, int) or isinstance(context, bool) or context < 0:
+        raise ConfigError(f"data.train.realworld_context must be an integer >= 0, got {context!r}")
     for key in ("val_every", "checkpoint_every", "log_every", "max_nonfinite"):
         positive(t[key], f"train.{key}")
     positive(t["grad_clip"], "train.grad_clip", allow_none=True)

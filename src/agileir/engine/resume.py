@@ -29,6 +29,7 @@ REFUSED = {
     "data.train.jpeg_quality": "it changes the training data",
     "data.train.lr_border": "it changes the training data",
     "data.train.realworld": "it changes the training data",
+    "data.train.realworld_context": "it changes the training data",
     "model": "the network differs",
     "train.loss": "it changes the objective",
     "train.optimizer.name": "the optimizer state belongs to another optimizer",

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import yaml
 
+from agileir.data.realworld import cut_context
 from agileir.engine import checkpoint as ckpt
 from agileir.engine import distributed as ddp
 from agileir.engine.builders import (build_network, build_optimizer, build_realworld, build_train_dataset,
@@ -276,6 +277,7 @@ class Trainer:
         hr_img = batch["hr"].to(self.device, non_blocking=True)
         if self.degrade is not None:  # seeded by (seed, step, rank): a resumed run makes the same inputs
             lr_img = self.degrade(hr_img, (int(self.config["seed"]), self.iteration, self.dist.rank))
+            lr_img, hr_img = cut_context(lr_img, hr_img, int(self.config["data"]["train"]["realworld_context"]))
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, self.precision):
             out = self.ddp_model(lr_img)
