@@ -99,9 +99,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--print", action="store_true", help="only print the tables from runs/tasks/*.json")
     ap.add_argument("--rescore", choices=tuple(LEVELS), help="rerun only this task's model rows (new weights)")
+    ap.add_argument("--jobs", type=int, default=2, help="--rescore: cells run at once, one thread each")
     args = ap.parse_args()
     if args.rescore:
-        rescore(args.rescore)
+        rescore(args.rescore, args.jobs)
     elif not args.print:
         run_missing()
     print_tables()
