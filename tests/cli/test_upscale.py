@@ -438,7 +438,7 @@ def test_help_lists_the_shipped_weights_per_command_and_no_fp16(capsys, monkeypa
     up = " ".join(capsys.readouterr().out.split())
     for info in zoo.shipped_info(("sr",)):
         assert info.name in up
-    assert "fp16" not in up and "shipped: agileir-s x2, x4" in up and "_x<scale>" in up
+    assert "fp16" not in up and "shipped: agileir-s-real x2, x4; agileir-s x2, x4; swinir-s x4" in up and "_x<scale>" in up
     with pytest.raises(SystemExit):
         main(["restore", "--help"])
     restore = " ".join(capsys.readouterr().out.split())
