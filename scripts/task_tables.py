@@ -21,6 +21,7 @@ OUT = Path("runs/tasks")
 SETS = ("Set14", "Set5")
 DATA = "../shared/data/benchmarks"
 LEVELS = {"denoise": (15, 25, 50), "jpeg": (10, 20, 30, 40)}
+BASELINES = ("noisy input", "bm3d", "JPEG input")  # rows that do not depend on the weights
 
 
 def result_path(task: str, bench: str, level: int) -> Path:
@@ -40,6 +41,11 @@ def run_missing() -> None:
                                 *extra, "--threads", "1", "--json", str(path)], check=True)
 
 
+def _is_baseline(name: str) -> bool:
+    """Baseline rows may carry a note after their name: "bm3d (true sigma)"."""
+    return name.split(" (")[0] in BASELINES
+
+
 def rescore(task: str, jobs: int = 2) -> None:
     """Rerun only the model of ``task`` in every existing cell and splice its row in, keeping the
     baseline rows (the noisy or compressed input and CBM3D do not depend on the weights, and CBM3D
@@ -48,21 +54,22 @@ def rescore(task: str, jobs: int = 2) -> None:
     flag = "--noise" if task == "denoise" else "--jpeg"
     fresh = {cell: OUT / f"rescore-{task}-{cell[0]}-{cell[1]}.json" for cell in cells}
     running: list[subprocess.Popen] = []
+    failed = 0
     for (bench, level), path in fresh.items():
         while len(running) >= jobs:
-            running.pop(0).wait()
+            failed += running.pop(0).wait() != 0
         running.append(subprocess.Popen(["agileir", "test", "--model", f"agileir-s_{task}", "--data",
                                          f"{DATA}/{bench}", flag, str(level), "--threads", "1", "--json", str(path)],
                                         stdout=subprocess.DEVNULL))
-    if any(p.wait() != 0 for p in running):
-        raise SystemExit("a rescore run failed")
-    baselines = {"noisy input", "bm3d", "JPEG input"}
+    failed += sum(p.wait() != 0 for p in running)
+    if failed:
+        raise SystemExit(f"{failed} rescore run(s) failed; runs/tasks is unchanged")
     for cell, path in fresh.items():
         new = json.loads(path.read_text())
-        model = next(m for m in new["methods"] if m["name"].split(" (")[0] not in baselines)
+        model = next(m for m in new["methods"] if not _is_baseline(m["name"]))
         target = result_path(task, *cell)
         doc = json.loads(target.read_text())
-        doc["methods"] = [m for m in doc["methods"] if m["name"].split(" (")[0] in baselines] + [model]
+        doc["methods"] = [m for m in doc["methods"] if _is_baseline(m["name"])] + [model]
         target.write_text(json.dumps(doc, indent=2) + "\n")
         path.unlink()
 
@@ -70,9 +77,9 @@ def rescore(task: str, jobs: int = 2) -> None:
 def _means(task: str, bench: str, level: int, baselines: tuple[str, ...]) -> tuple[list[dict], dict]:
     """The baselines' mean scores (in order) and the model's, from one ``agileir test --json``."""
     doc = json.loads(result_path(task, bench, level).read_text())
-    means = {m["name"]: m["mean"] for m in doc["methods"]}  # baseline names may carry a note: "bm3d (true sigma)"
+    means = {m["name"]: m["mean"] for m in doc["methods"]}
     base = [next(v for k, v in means.items() if k.split(" (")[0] == b) for b in baselines]
-    model = next(v for k, v in means.items() if k.split(" (")[0] not in baselines)
+    model = next(v for k, v in means.items() if not _is_baseline(k))
     return base, model
 
 
