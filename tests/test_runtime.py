@@ -48,3 +48,44 @@ def test_peak_rss_of_a_child_is_not_inherited_from_its_parent():
     assert peak_rss_bytes() > 600 * 1024 * 1024
     assert child < 400 * 1024 * 1024
     del ballast
+
+
+_FAULTS_OF_A_REUSED_BLOCK = """
+import resource, sys, torch
+from agileir.runtime import keep_freed_memory
+took = keep_freed_memory() if sys.argv[1] == "keep" else False
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+n = 64 * 2**20  # above glibc's largest mmap threshold (32 MiB): always fresh pages by default
+t = torch.empty(n, dtype=torch.uint8); t.fill_(1); del t
+before = faults(); t = torch.empty(n, dtype=torch.uint8); t.fill_(1); del t
+print(took, faults() - before)
+"""
+
+
+def _second_block_faults(mode: str, env: dict[str, str] | None = None) -> tuple[str, int]:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, **(env or {})}
+    out = subprocess.run([sys.executable, "-c", _FAULTS_OF_A_REUSED_BLOCK, mode], capture_output=True, text=True,
+                         check=True, env=env).stdout.split()
+    return out[0], int(out[1])
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="glibc's allocator")
+def test_kept_memory_is_reused_without_new_page_faults():
+    """The second 64 MiB block after a free: by default each of its 16384 pages is a fresh page the
+    kernel faults in and zeroes; with the freed memory kept, none is (independent count: the kernel's
+    own minor-fault counter)."""
+    pages = 64 * 2 ** 20 // 4096
+    took, faults = _second_block_faults("keep")
+    if took != "True":
+        pytest.skip("not glibc")
+    assert faults < pages // 100
+    assert _second_block_faults("default")[1] >= pages // 2  # the problem it solves exists here
+    # the user's own settings win: AGILEIR_ALLOCATOR=system, or glibc's variables
+    took, faults = _second_block_faults("keep", {"AGILEIR_ALLOCATOR": "system"})
+    assert took == "False" and faults >= pages // 2
+    assert _second_block_faults("keep", {"MALLOC_TRIM_THRESHOLD_": "131072"})[0] == "False"

@@ -1,5 +1,3 @@
-import sys
+from agileir.cli import run
 
-from agileir.cli import main
-
-sys.exit(main())
+run()

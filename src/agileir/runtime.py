@@ -156,6 +156,44 @@ def torch_threads(threads: int | None):
         torch.set_num_threads(saved)
 
 
+#: set to ``system`` to leave the C allocator as the platform configures it (:func:`keep_freed_memory`).
+ALLOCATOR_ENV = "AGILEIR_ALLOCATOR"
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
+
+    Why: glibc serves each block above its mmap threshold (at most 32 MiB) with fresh pages and
+    unmaps them on free, so every large activation of a whole-image pass makes the kernel zero new
+    pages: on the project's CPU the system time of ``agileir upscale`` was as large as its user
+    time (docs/performance.md). With mmap off and trimming raised, a freed block is reused. The
+    cost is a higher peak RSS (fragmentation) and memory returned only at exit, so the command
+    line calls this, the library never does on its own.
+
+    Returns whether it took effect: glibc only, and not when ``AGILEIR_ALLOCATOR=system`` or the
+    user sets the same parameters through glibc's own variables (``MALLOC_MMAP_MAX_``,
+    ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_`` or ``GLIBC_TUNABLES``).
+    """
+    if os.environ.get(ALLOCATOR_ENV, "").lower() == "system":
+        return False
+    own = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if any(name in os.environ for name in own) or any(t in tunables for t in ("mmap_", "trim_threshold")):
+        return False
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1))
+
+
 def peak_rss_bytes() -> int:
     """Peak resident set size of this process so far, in bytes (never decreases).
 

@@ -51,5 +51,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":  # pragma: no cover
+def run() -> None:
+    """The ``agileir`` program: :func:`main` in a process of its own, whose freed memory is kept
+    for reuse (:func:`agileir.runtime.keep_freed_memory`; in-process callers of :func:`main`
+    keep their allocator as it is)."""
+    from agileir.runtime import keep_freed_memory
+
+    keep_freed_memory()
     sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run()
