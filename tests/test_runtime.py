@@ -79,13 +79,14 @@ def test_kept_memory_is_reused_without_new_page_faults():
     """The second 64 MiB block after a free: by default each of its 16384 pages is a fresh page the
     kernel faults in and zeroes; with the freed memory kept, none is (independent count: the kernel's
     own minor-fault counter)."""
-    pages = 64 * 2 ** 20 // 4096
-    took, faults = _second_block_faults("keep")
+    took, kept = _second_block_faults("keep")
     if took != "True":
         pytest.skip("not glibc")
-    assert faults < pages // 100
-    assert _second_block_faults("default")[1] >= pages // 2  # the problem it solves exists here
+    default = _second_block_faults("default")[1]
+    # at least one fault per 2 MiB by default (fewer faults, not none, where huge pages are always on)
+    assert default >= 32  # the problem it solves exists here
+    assert kept * 10 <= default
     # the user's own settings win: AGILEIR_ALLOCATOR=system, or glibc's variables
     took, faults = _second_block_faults("keep", {"AGILEIR_ALLOCATOR": "system"})
-    assert took == "False" and faults >= pages // 2
+    assert took == "False" and faults >= 32
     assert _second_block_faults("keep", {"MALLOC_TRIM_THRESHOLD_": "131072"})[0] == "False"

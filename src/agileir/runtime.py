@@ -181,14 +181,13 @@ def keep_freed_memory() -> bool:
     tunables = os.environ.get("GLIBC_TUNABLES", "")
     if any(name in os.environ for name in own) or any(t in tunables for t in ("mmap_", "trim_threshold")):
         return False
-    import ctypes
-    import platform
+    try:  # glibc names itself here instantly (platform.libc_ver() reads the whole interpreter binary)
+        if not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
+            return False
+        import ctypes
 
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    except (AttributeError, ValueError, OSError):  # no confstr (Windows), unknown name, no mallopt
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1))
