@@ -85,8 +85,19 @@ def test_speed_rows_and_ceiling() -> None:
     assert row.gflops == pytest.approx(20.0) and row.fraction == pytest.approx(0.2)
     assert SpeedRow("m", "fp32", "x", None, 1.0, 1.0).fraction is None
     table = format_speed_table([row], {"fp32": 100.0}, threads=1)
-    assert "20.0%" in table and "fp32 100 GFLOPS" in table
+    assert "20.0%" in table and "fp32 100.0 GFLOPS" in table
+    assert "fp32 100.0 GFLOPS at 512^3" in format_speed_table([row], {"fp32": 100.0}, 1, {"fp32": 512})
     assert gemm_ceiling("fp32", torch.device("cpu"), size=256, repeats=1) > 0.1
+
+
+def test_ceiling_size_stops_at_the_time_budget_or_the_largest_size() -> None:
+    """A precision that runs in software must not cost minutes of 2048^3 products."""
+    from agileir.engine.speed import timed_gemm_ceiling
+
+    cpu = torch.device("cpu")
+    gflops, size = timed_gemm_ceiling("fp32", cpu, max_size=512, repeats=1, budget_s=0.0)
+    assert size == 256 and gflops > 0.1  # the first product already exceeds a zero budget
+    assert timed_gemm_ceiling("fp32", cpu, max_size=512, repeats=1, budget_s=float("inf"))[1] == 512
 
 
 def test_bench_inference_only_with_precisions(tmp_path, capsys) -> None:
@@ -99,3 +110,4 @@ def test_bench_inference_only_with_precisions(tmp_path, capsys) -> None:
     assert {r["precision"] for r in data["speed"]} == {"fp32", "int8"}
     assert all(r["gflops"] > 0 for r in data["speed"])
     assert set(data["ceilings_gflops"]) == {"fp32", "bf16", "int8"}
+    assert set(data["ceiling_sizes"]) == {"fp32", "bf16", "int8"} and all(n >= 256 for n in data["ceiling_sizes"].values())

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from agileir.engine.speed import SpeedRow, gemm_ceiling, inference_gflop, median_times, training_step_gflop
+from agileir.engine.speed import SpeedRow, timed_gemm_ceiling, inference_gflop, median_times, training_step_gflop
 from agileir.inference.precision import precision_context, prepare_precision
 from agileir.models.presets import build_model
 from agileir.runtime import PRECISIONS, autocast, check_inference_precision, peak_memory_bytes, reset_cuda_peak, \
@@ -164,6 +164,7 @@ class BenchResult:
     rows: list[Row]
     speed: list[SpeedRow]
     ceilings: dict[str, float]
+    ceiling_sizes: dict[str, int]
 
 
 def run_benchmark(variants: list[Variant], batches: list[int], patch: int = 64, device: str = "cpu",
@@ -181,7 +182,8 @@ def run_benchmark(variants: list[Variant], batches: list[int], patch: int = 64, 
     speed: list[SpeedRow] = []
     progress("[bench] dense-GEMM ceiling")
     measured = ["fp32", "bf16"] + (["int8"] if any(v.precision_for(precision) == "int8" for v in variants) else [])
-    ceilings = {p: gemm_ceiling(p, dev) for p in measured}
+    timed = {p: timed_gemm_ceiling(p, dev) for p in measured}
+    ceilings = {p: g for p, (g, _) in timed.items()}
     trained = [v for v in variants if v.trains(precision)]
     for batch in batches:
         for v in variants:
@@ -236,7 +238,7 @@ def run_benchmark(variants: list[Variant], batches: list[int], patch: int = 64, 
             speed.append(SpeedRow(spec, p, f"infer {w}x{h}", flops[spec], sec * 1e3, ceilings.get(p)))
         del infers
         gc.collect()
-    return BenchResult(list(rows.values()), speed, ceilings)
+    return BenchResult(list(rows.values()), speed, ceilings, {p: n for p, (_, n) in timed.items()})
 
 
 def ratio_rows(rows: list[Row], base: str, other: str) -> list[dict[str, Any]]:

@@ -80,6 +80,26 @@ def gemm_ceiling(precision: str, device: torch.device, size: int = 2048, repeats
     return 2 * size ** 3 / seconds / 1e9
 
 
+def timed_gemm_ceiling(precision: str, device: torch.device, max_size: int = 2048, repeats: int = 5,
+                       budget_s: float = 0.1) -> tuple[float, int]:
+    """(GFLOPS, size): the ceiling at the largest power-of-two size up to ``max_size`` whose
+    single product still fits ``budget_s``, or the first that does not.
+
+    Where a precision runs on vector or matrix units a 2048^3 product takes well under a second
+    and the size reaches
+    ``max_size``; where it runs in software (bf16 on a CPU without AVX-512 BF16 or AMX: about
+    1 GFLOPS, 40 s per 2048^3 product) the size stops early, so the ceiling costs a fraction of
+    a second instead of minutes. At 512 and above the kernels are near their large-size rate.
+    """
+    size = 256
+    while True:
+        gflops = gemm_ceiling(precision, device, size, repeats=1)
+        if size >= max_size or 2 * size ** 3 / gflops / 1e9 >= budget_s:
+            break
+        size *= 2
+    return gemm_ceiling(precision, device, size, repeats), size
+
+
 def inference_gflop(model: torch.nn.Module, height: int, width: int) -> float:
     """GFLOP (2 x multiply-adds) of one forward pass on a ``height`` x ``width`` input."""
     s = int(model.config.scale)  # 1 for denoising and JPEG models
@@ -108,11 +128,14 @@ def training_step_gflop(model: torch.nn.Module, batch: int, patch: int, precisio
     return counter.get_total_flops() * batch / 1e9
 
 
-def format_speed_table(rows: list[SpeedRow], ceilings: dict[str, float], threads: int) -> str:
-    """The ceiling line and one line per figure."""
+def format_speed_table(rows: list[SpeedRow], ceilings: dict[str, float], threads: int,
+                       sizes: dict[str, int] | None = None) -> str:
+    """The ceiling line (with each precision's product size) and one line per figure."""
     unit = {"int8": "GOPS"}
-    ceil = ", ".join(f"{p} {v:.0f} {unit.get(p, 'GFLOPS')}" for p, v in ceilings.items())
-    lines = [f"ceiling (one 2048^3 matrix product, {threads} thread{'s' if threads > 1 else ''}): {ceil}"]
+    sizes = sizes or {}
+    ceil = ", ".join(f"{p} {v:.1f} {unit.get(p, 'GFLOPS')}" + (f" at {sizes[p]}^3" if p in sizes else "")
+                     for p, v in ceilings.items())
+    lines = [f"ceiling (one square matrix product, {threads} thread{'s' if threads > 1 else ''}): {ceil}"]
     head = f"{'model':<22} {'prec.':<5} {'figure':<18} {'GFLOP':>8} {'ms':>9} {'GFLOPS':>8} {'of ceiling':>10}"
     lines += [head, "-" * len(head)]
     fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
@@ -123,4 +146,4 @@ def format_speed_table(rows: list[SpeedRow], ceilings: dict[str, float], threads
     return "\n".join(lines)
 
 
-__all__ = ["SpeedRow", "median_times", "gemm_ceiling", "inference_gflop", "training_step_gflop", "format_speed_table"]
+__all__ = ["SpeedRow", "median_times", "gemm_ceiling", "timed_gemm_ceiling", "inference_gflop", "training_step_gflop", "format_speed_table"]
