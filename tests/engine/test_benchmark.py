@@ -100,6 +100,15 @@ def test_ceiling_size_stops_at_the_time_budget_or_the_largest_size() -> None:
     assert timed_gemm_ceiling("fp32", cpu, max_size=512, repeats=1, budget_s=float("inf"))[1] == 512
 
 
+def test_ceiling_kernels() -> None:
+    from agileir.engine.speed import gemm_ceiling
+
+    cpu = torch.device("cpu")
+    assert gemm_ceiling("bf16", cpu, size=256, repeats=1, kernel="linear") > 0.01
+    with pytest.raises(ValueError, match="matmul or linear"):
+        gemm_ceiling("fp32", cpu, size=256, repeats=1, kernel="conv")
+
+
 def test_bench_inference_only_with_precisions(tmp_path, capsys) -> None:
     rc = main(["bench", "agileir-s", "agileir-s@int8", "--no-train", "--infer-size", "16", "24x16",
                "--repeats", "1", "--warmup", "0", "--out", str(tmp_path)])
