@@ -155,9 +155,12 @@ def test_gradcheck_attention_parameters(attention):
     assert torch.autograd.gradcheck(f, params, eps=1e-6, atol=1e-5, fast_mode=True)
 
 
-def test_inference_uses_sdpa_and_agrees_with_the_eager_kernel() -> None:
+@pytest.mark.parametrize("prefers_sdpa", [True, False])
+def test_inference_kernel_follows_the_cpu_and_agrees_with_the_eager_kernel(monkeypatch, prefers_sdpa) -> None:
+    from agileir.models.attention import dispatch
     from agileir.models.presets import build_model
 
+    monkeypatch.setattr(dispatch, "cpu_prefers_sdpa", lambda: prefers_sdpa)
     torch.manual_seed(0)
     tiny = dict(embed_dim=12, depths=(2,), num_heads=(3,), window_size=4, key_dim=2, scale=2)
     model = build_model("agileir-s", **tiny).eval()
@@ -166,10 +169,22 @@ def test_inference_uses_sdpa_and_agrees_with_the_eager_kernel() -> None:
     x = torch.rand(1, 3, 12, 20)
     block = model.layers[0].residual_group.blocks[1]
     with torch.no_grad():
-        assert block.plan(x).kernel == "sdpa"
+        assert block.plan(x).kernel == ("sdpa" if prefers_sdpa else "eager")
+        assert block.plan(x.to("meta")).kernel == "sdpa"  # off the CPU: SDPA's fused kernels
         out, ref = model(x), eager(x)
     assert block.plan(x).kernel == "eager"  # with gradients: a kernel autograd can train
     assert (out - ref).abs().max().item() < 1e-5
+
+
+def test_cpu_prefers_sdpa_only_with_avx512(monkeypatch) -> None:
+    from agileir.models.attention import dispatch
+
+    for capability, expected in (("AVX512", True), ("AVX2", False), ("DEFAULT", False)):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
+        dispatch.cpu_prefers_sdpa.cache_clear()
+        assert dispatch.cpu_prefers_sdpa() is expected
+    monkeypatch.undo()
+    dispatch.cpu_prefers_sdpa.cache_clear()
 
 
 def test_shift_masks_are_kept_in_the_scores_dtype() -> None:

@@ -5,8 +5,11 @@ runtime option of :class:`~agileir.models.config.NetworkConfig`) names a policy:
 
 * ``auto`` -- SwinIR (``attention="window"``): the official math everywhere (eager kernel, -100
   shift mask), so ported checkpoints reproduce the official numbers. GSWA: the recompute policy
-  when training (the memory saving of AgileIR); SDPA for inference (on CPU PyTorch's flash
-  kernel, which needs q/k padded to v's width for GSWA's groups).
+  when training (the memory saving of AgileIR); for inference SDPA (on CPU PyTorch's flash
+  kernel, which needs q/k padded to v's width for GSWA's groups) on CUDA and on CPUs with
+  AVX-512, the eager kernel on other CPUs (measured: on an AVX2-only CPU the eager kernel took
+  0.88x SDPA's time at 256x256 and 0.92x at 640x360; on the AVX-512/AMX CPU SDPA was 1-25%
+  faster; docs/performance.md).
 * ``recompute`` -- the same policy as GSWA's ``auto``, for either attention: while training, each
   block keeps only its inputs and recomputes the attention branch in backward (with the eager
   kernel inside the recompute); the MLP keeps its input and its hidden layer.
@@ -21,8 +24,11 @@ zeros instead of float32 subnormals (exp(-100)), which slow CPU matrix products 
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
+
+import torch
 
 from agileir.models.windows import MASK_VALUE
 
@@ -78,8 +84,18 @@ def plan_attention(attention: str, impl: str, *, device_type: str, training: boo
     if grad_enabled:  # eval mode with gradients (attribution, tests): a differentiable kernel
         return AttentionPlan("eager", False)
     # inference: SDPA's fused kernels (on CPU its flash kernel, GSWA's q/k padded to v's width)
+    # where they were measured faster than the eager kernel
+    if device_type == "cpu" and not cpu_prefers_sdpa():
+        return AttentionPlan("eager", False)
     return AttentionPlan("sdpa", False)
 
 
+@functools.lru_cache(maxsize=None)
+def cpu_prefers_sdpa() -> bool:
+    """True on CPUs whose ATen kernels run AVX-512, where SDPA's CPU flash kernel beat the eager
+    one for GSWA's inference; on AVX2-only CPUs it was slower, elsewhere it is unmeasured."""
+    return torch.backends.cpu.get_cpu_capability() == "AVX512"
+
+
 __all__ = ["IMPLS", "KERNELS", "LEGACY_IMPLS", "AttentionPlan", "canonical_impl", "is_official", "mask_value",
-           "plan_attention"]
+           "plan_attention", "cpu_prefers_sdpa"]
