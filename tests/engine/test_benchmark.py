@@ -119,4 +119,5 @@ def test_bench_inference_only_with_precisions(tmp_path, capsys) -> None:
     assert {r["precision"] for r in data["speed"]} == {"fp32", "int8"}
     assert all(r["gflops"] > 0 for r in data["speed"])
     assert set(data["ceilings_gflops"]) == {"fp32", "bf16", "int8"}
-    assert set(data["ceiling_sizes"]) == {"fp32", "bf16", "int8"} and all(n >= 256 for n in data["ceiling_sizes"].values())
+    sizes = data["ceiling_sizes"]
+    assert set(sizes) == {"fp32", "bf16", "int8"} and all(n >= 256 for n in sizes.values())

@@ -115,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
         settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
         speed = [{**asdict(r), "gflops": r.gflops, "fraction": r.fraction} for r in result.speed]
         payload = {"settings": settings, "rows": rows_as_dicts(rows), "ratios": ratio_rows(rows, base, other),
-                   "ceilings_gflops": result.ceilings, "ceiling_sizes": result.ceiling_sizes, "speed": speed, "cpu": cpu_capabilities()}
+                   "ceilings_gflops": result.ceilings, "ceiling_sizes": result.ceiling_sizes, "speed": speed,
+                   "cpu": cpu_capabilities()}
         atomic_write_text(args.out / "bench.json", json.dumps(payload, indent=2))
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(rows_as_dicts(rows)[0]))

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from agileir.engine.speed import SpeedRow, timed_gemm_ceiling, inference_gflop, median_times, training_step_gflop
+from agileir.engine.speed import SpeedRow, inference_gflop, median_times, timed_gemm_ceiling, training_step_gflop
 from agileir.inference.precision import precision_context, prepare_precision
 from agileir.models.presets import build_model
 from agileir.runtime import PRECISIONS, autocast, check_inference_precision, peak_memory_bytes, reset_cuda_peak, \
@@ -183,7 +183,7 @@ def run_benchmark(variants: list[Variant], batches: list[int], patch: int = 64, 
     progress("[bench] dense-GEMM ceiling")
     measured = ["fp32", "bf16"] + (["int8"] if any(v.precision_for(precision) == "int8" for v in variants) else [])
     timed = {p: timed_gemm_ceiling(p, dev) for p in measured}
-    ceilings = {p: g for p, (g, _) in timed.items()}
+    ceilings, ceiling_sizes = {p: g for p, (g, _) in timed.items()}, {p: n for p, (_, n) in timed.items()}
     trained = [v for v in variants if v.trains(precision)]
     for batch in batches:
         for v in variants:
@@ -238,7 +238,7 @@ def run_benchmark(variants: list[Variant], batches: list[int], patch: int = 64, 
             speed.append(SpeedRow(spec, p, f"infer {w}x{h}", flops[spec], sec * 1e3, ceilings.get(p)))
         del infers
         gc.collect()
-    return BenchResult(list(rows.values()), speed, ceilings, {p: n for p, (_, n) in timed.items()})
+    return BenchResult(list(rows.values()), speed, ceilings, ceiling_sizes)
 
 
 def ratio_rows(rows: list[Row], base: str, other: str) -> list[dict[str, Any]]:

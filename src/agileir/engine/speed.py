@@ -3,9 +3,9 @@
 The ceiling is what this machine's matrix kernels reach on one large square product in the
 same process and thread count as the models (fp32 and bf16: the faster of ``torch.matmul`` and
 ``F.linear``; int8 through the same quantized linear kernel the int8 models use). A model's
-work is the FLOPs PyTorch's FlopCounterMode counts for its forward pass (inference) or for a whole training
-step, forward and backward with every recomputation (training); achieved GFLOPS is that over
-the median time, and the fraction is against the ceiling of the precision it ran in.
+work is the FLOPs PyTorch's FlopCounterMode counts for its forward pass (inference) or for a
+whole training step, forward and backward with every recomputation (training); achieved GFLOPS
+is that over the median time, and the fraction is against the ceiling of the precision it ran in.
 """
 
 from __future__ import annotations
@@ -162,4 +162,5 @@ def format_speed_table(rows: list[SpeedRow], ceilings: dict[str, float], threads
     return "\n".join(lines)
 
 
-__all__ = ["SpeedRow", "median_times", "gemm_ceiling", "timed_gemm_ceiling", "inference_gflop", "training_step_gflop", "format_speed_table"]
+__all__ = ["SpeedRow", "median_times", "gemm_ceiling", "timed_gemm_ceiling", "inference_gflop", "training_step_gflop",
+           "format_speed_table"]
