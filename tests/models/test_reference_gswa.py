@@ -83,6 +83,43 @@ def test_gswa_implementations_match_reference(impl):
     assert np.abs(got - want).max() <= TOL
 
 
+@pytest.mark.parametrize("chunk_kib", [5, 13], ids=["4-of-12-windows", "one-image-per-chunk"])
+def test_gswa_inference_in_chunks_of_windows_matches_reference(monkeypatch, chunk_kib):
+    """Inference runs the cascade over cache-sized chunks of windows: a chunk smaller than one
+    image's 12 windows (the shift mask sliced per chunk) and one image per chunk, batch 2."""
+    from agileir.models.attention import gswa
+
+    monkeypatch.setattr(gswa, "WINDOW_CHUNK_BYTES", chunk_kib * 1024)
+    model = _model("agileir-s", dict(TINY, **CASES["dw3-relu-kd3"]))
+    calls = []
+    attn = model.layers[0].residual_group.blocks[1].attn  # a shifted block: the mask per chunk
+    original = attn._eager_windows
+    monkeypatch.setattr(attn, "_eager_windows", lambda x, *a: calls.append(x.shape[0]) or original(x, *a))
+    got, want = R.compare_with_model(model, _input(model, 11, 13))  # 12x16 padded: 12 windows each
+    assert calls == ([4] * 6 if chunk_kib == 5 else [12, 12])
+    assert np.abs(got - want).max() <= TOL
+
+
+def test_gswa_values_are_padded_to_the_aligned_width_and_sliced_back():
+    """The eager path computes v at 16 columns (zeros past C/G) for the CPU's small-matrix kernels;
+    the output, with gradients on and off, is the reference's."""
+    from agileir.models.attention.core import VALUE_ALIGN, aligned_width
+
+    assert (aligned_width(10), aligned_width(16), aligned_width(30), VALUE_ALIGN) == (16, 16, 32, 16)
+    model = _model("agileir-s", dict(TINY, **CASES["dw3-relu-kd3"])).double().eval()
+    attn = model.layers[0].residual_group.blocks[1].attn
+    projections = attn.group_projections(16)
+    weight, bias = projections[0]
+    assert weight.shape == (2 * 3 + 16, 4) and bias.shape == (2 * 3 + 16,)
+    assert weight[2 * 3 + 4:].abs().max() == 0 and bias[2 * 3 + 4:].abs().max() == 0
+    x = _input(model, 11, 13)
+    want = R.reference_forward(R.to_numpy_params(model.state_dict()), R.config_dict(model.config), x.numpy())
+    got = model(x)  # gradients on: one chunk, the padded projection differentiable
+    assert np.abs(got.detach().numpy() - want).max() <= TOL
+    got.sum().backward()
+    assert attn.group_qkv[0].weight.grad.shape == (2 * 3 + 4, 4)
+
+
 def test_gswa_state_dict_layout():
     cfg = dict(TINY, key_dim=5, dwconv_kernel=3, qkv_norm=True)
     model = agileir.build_model("agileir-s", **cfg)

@@ -64,6 +64,22 @@ def test_matches_reference_padded_input(case):
     assert np.abs(want).max() > 0.1                # not a degenerate comparison
 
 
+@pytest.mark.parametrize("impl", ["auto", "eager", "recompute"])
+def test_values_are_aligned_only_off_the_official_path(impl):
+    """Off the official path the eager kernel gets each head's values zero-padded to 16 columns
+    (faster CPU products); the official path runs as the official code does. Both match the
+    reference with gradients recorded (the padded projection is differentiable)."""
+    model = _model("swinir-s", dict(TINY, scale=2), attention_impl=impl).double().eval()
+    attn = model.layers[0].residual_group.blocks[1].attn
+    assert attn.align_values == (impl == "recompute")
+    x = _input(model, 8, 12, batch=1)
+    want = R.reference_forward(R.to_numpy_params(model.state_dict()), R.config_dict(model.config), x.numpy())
+    got = model(x)
+    assert np.abs(got.detach().numpy() - want).max() <= TOL
+    got.sum().backward()
+    assert attn.qkv.weight.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("hw", [(8, 12), (5, 7), (4, 4), (13, 9)])
 def test_matches_reference_other_sizes(hw):
     model = _model("swinir-s", dict(TINY, scale=2))

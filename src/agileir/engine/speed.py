@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from agileir.models.complexity import multiply_adds
+from agileir.models.complexity import model_widths, multiply_adds
 from agileir.runtime import synchronize
 
 
@@ -135,7 +135,7 @@ def training_step_gflop(model: torch.nn.Module, batch: int, patch: int, precisio
     y = torch.rand(1, cfg.in_chans, patch * s, patch * s)
     model = model.train()
     counter = FlopCounterMode(display=False)
-    with warnings.catch_warnings(), counter:
+    with warnings.catch_warnings(), model_widths(model), counter:
         warnings.simplefilter("ignore")
         with autocast(torch.device("cpu"), precision):
             loss = torch.nn.functional.l1_loss(model(x).float(), y)

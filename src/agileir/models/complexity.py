@@ -6,7 +6,9 @@ only, no memory or compute), so they follow the real forward pass, attention mat
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -16,6 +18,20 @@ def count_parameters(model: nn.Module, include_bias_tables: bool = True) -> int:
     """Number of trainable parameters; optionally without the relative-position bias tables."""
     return sum(p.numel() for n, p in model.named_parameters()
                if include_bias_tables or not n.endswith("relative_position_bias_table"))
+
+
+@contextlib.contextmanager
+def model_widths(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` with its attention values at the model's own width, not the eager paths' aligned
+    (zero-padded) one, so that work counted inside is the model's maths."""
+    aligned = [m for m in model.modules() if getattr(m, "align_values", False)]
+    for module in aligned:
+        module.align_values = False
+    try:
+        yield model
+    finally:
+        for module in aligned:
+            module.align_values = True
 
 
 def multiply_adds(model: nn.Module, out_height: int = 720, out_width: int = 1280) -> dict[str, int]:
@@ -36,7 +52,7 @@ def multiply_adds(model: nn.Module, out_height: int = 720, out_width: int = 1280
             module.attention_impl = "eager"
     x = torch.empty(1, config.in_chans, h, w, device="meta")
     counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
+    with model_widths(meta), counter, torch.no_grad():
         meta(x)
     ops = counter.get_flop_counts().get("Global", {})
     attention = sum(v for op, v in ops.items() if "bmm" in str(op)) // 2

@@ -13,7 +13,7 @@ from torch import nn
 
 from agileir.errors import ImageError
 from agileir.models import heads
-from agileir.models.attention.dispatch import mask_value, plan_attention
+from agileir.models.attention.dispatch import is_official, mask_value, plan_attention
 from agileir.models.attention.gswa import GroupShiftedWindowAttention
 from agileir.models.attention.window import WindowAttention
 from agileir.models.config import NetworkConfig
@@ -28,7 +28,8 @@ RGB_MEAN = (0.4488, 0.4371, 0.4040)  # DIV2K mean, as in SwinIR
 def build_attention(config: NetworkConfig, num_heads: int) -> nn.Module:
     """The attention module of one transformer block, chosen by ``config.attention``."""
     if config.attention == "window":
-        return WindowAttention(config.embed_dim, config.window_size, num_heads, config.qkv_bias)
+        return WindowAttention(config.embed_dim, config.window_size, num_heads, config.qkv_bias,
+                               align_values=not is_official(config.attention, config.attention_impl))
     return GroupShiftedWindowAttention(
         config.embed_dim, config.window_size, num_heads, key_dim=config.key_dim,
         dwconv_kernel=config.dwconv_kernel, activation=config.gswa_activation, qkv_norm=config.qkv_norm,

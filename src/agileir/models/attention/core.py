@@ -1,4 +1,4 @@
-"""The pieces both attentions share: the relative-position bias and adding bias and mask.
+"""The pieces both attentions share: the relative-position bias, adding bias and mask, the value width.
 
 Shapes: scores ``(B_, h, N, N)`` with ``B_ = batch * nW`` (window ``w`` of image ``b`` is row
 ``b * nW + w``), bias ``(h, N, N)``, shift mask ``(nW, N, N)``.
@@ -10,6 +10,16 @@ import torch
 from torch import nn
 
 from agileir.models.windows import is_exporting, relative_position_index
+
+#: The eager paths compute values at the head width rounded up to a multiple of this, the extra
+#: columns zero. CPU batched products (scores times values) with 10 output columns, the head width
+#: of the -S models, ran 2-3x slower than with 16 (docs/performance.md); the zeros change nothing.
+VALUE_ALIGN = 16
+
+
+def aligned_width(width: int, align: int = VALUE_ALIGN) -> int:
+    """``width`` rounded up to a multiple of ``align``."""
+    return -(-width // align) * align
 
 
 def add_mask_(scores: torch.Tensor, mask: torch.Tensor, start: int = 0) -> torch.Tensor:
@@ -77,4 +87,4 @@ class RelativePositionBias(nn.Module):
         return bias if torch.is_grad_enabled() else bias.contiguous()
 
 
-__all__ = ["add_mask_", "add_bias_and_mask", "RelativePositionBias"]
+__all__ = ["VALUE_ALIGN", "aligned_width", "add_mask_", "add_bias_and_mask", "RelativePositionBias"]

@@ -10,22 +10,29 @@ bias. The concatenated group outputs pass an activation and one output projectio
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from agileir.models.attention.core import RelativePositionBias, add_bias_and_mask, add_mask_
-from agileir.models.attention.kernels import run_kernel
+from agileir.models.attention.core import RelativePositionBias, add_bias_and_mask, add_mask_, aligned_width
+from agileir.models.attention.kernels import default_chunk_size, run_kernel
+from agileir.models.windows import is_exporting
+
+#: Size of one group's (windows, N, N) score block per chunk of windows in inference: 1 MiB
+#: (64 windows of 8x8) measured fastest of 0.5-4 MiB for the whole cascade on CPU.
+WINDOW_CHUNK_BYTES = 1024 * 1024
 
 
 def group_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
-                    mask: torch.Tensor | None) -> torch.Tensor:
+                    mask: torch.Tensor | None, start: int = 0) -> torch.Tensor:
     """One group's softmax(q k^T + bias + mask) v; q, k (B_, N, dk), v (B_, N, dv), bias (N, N).
 
+    ``start``: the index in B_ of the first row of q (rows of a chunk of windows), for the mask.
     The bias is added inside the batched matmul (baddbmm) and the mask in place: one N x N
     pass less than separate adds, measured 30% faster on CPU (1024 windows, N=64).
     """
     logits = torch.baddbmm(bias.unsqueeze(0), q, k.transpose(1, 2))  # (B_, N, N)
     if mask is not None:
-        logits = add_mask_(logits.unsqueeze(1), mask).squeeze(1)
+        logits = add_mask_(logits.unsqueeze(1), mask, start).squeeze(1)
     return torch.softmax(logits, dim=-1) @ v
 
 
@@ -36,6 +43,8 @@ class GroupShiftedWindowAttention(RelativePositionBias):
     the depthwise conv on q off), ``activation`` ("relu" or "identity" before the output
     projection), ``qkv_norm`` (LayerNorm on each group's input before its projection),
     ``zero_init_proj`` (start the output projection at zero so a block starts as identity).
+    ``align_values`` (attribute, default True): the eager path computes v at
+    :func:`aligned_width` columns; off, at C/G (FLOP counts of the model's own maths).
     """
 
     def __init__(self, dim: int, window_size: int, num_heads: int, key_dim: int = 8,
@@ -55,34 +64,88 @@ class GroupShiftedWindowAttention(RelativePositionBias):
             for _ in range(num_heads)) if dwconv_kernel else None
         self.act = nn.ReLU() if activation == "relu" else nn.Identity()
         self.proj = nn.Linear(dim, dim)
+        self.align_values = True
         self.proj.zero_init = zero_init_proj  # applied by the network's one initialisation pass
         if zero_init_proj:
             nn.init.zeros_(self.proj.weight)  # standalone use starts at zero too; the pass is idempotent
             nn.init.zeros_(self.proj.bias)
 
-    def group_qkv_projection(self, j: int, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Group j's q (pre-scaled, after the DW conv), k, v from its input z: (B_, N, C/G)."""
+    def group_projections(self, value_width: int | None = None) -> list:
+        """Per group, what :meth:`group_qkv_projection` applies: a float linear's (weight, bias),
+        with the value rows zero-padded to ``value_width`` columns when that is wider than C/G, or
+        the module itself (an int8 layer, whose values are padded after the call)."""
+        pad = max(0, (value_width or self.group_dim) - self.group_dim)
+        projections = []
+        for lin in self.group_qkv:
+            if type(lin) is nn.Linear and pad:
+                bias = None if lin.bias is None else F.pad(lin.bias, (0, pad))
+                projections.append((F.pad(lin.weight, (0, 0, 0, pad)), bias))
+            else:
+                projections.append(lin)
+        return projections
+
+    def group_qkv_projection(self, j: int, z: torch.Tensor, projection=None,
+                             value_width: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Group j's q (pre-scaled, after the DW conv), k, v from its input z: (B_, N, C/G).
+
+        ``projection``: group j's entry of :meth:`group_projections` (``value_width``) for v of
+        ``value_width`` columns, the extra ones zero; default the plain layer, v of C/G columns.
+        """
         if self.qkv_norm is not None:
             z = self.qkv_norm[j](z)
-        q, k, v = self.group_qkv[j](z).split([self.key_dim, self.key_dim, self.group_dim], dim=-1)
-        if self.q_dwconv is not None:
-            b_, n, d = q.shape
-            m = self.window_size
-            grid = q.transpose(1, 2).reshape(b_, d, m, m)
-            q = self.q_dwconv[j](grid).reshape(b_, d, n).transpose(1, 2)
-        return q * self.scale, k, v
+        dk = self.key_dim
+        if projection is None or isinstance(projection, nn.Module):
+            q, k, v = (projection or self.group_qkv[j])(z).split([dk, dk, self.group_dim], dim=-1)
+            if value_width and value_width > self.group_dim:
+                v = F.pad(v, (0, value_width - self.group_dim))
+        else:
+            q, k, v = F.linear(z, *projection).split([dk, dk, value_width], dim=-1)
+        if self.q_dwconv is None:
+            return q * self.scale, k, v
+        # the scale folded into the depthwise conv: one pass over q less
+        conv = self.q_dwconv[j]
+        b_, n, d = q.shape
+        m = self.window_size
+        grid = q.transpose(1, 2).reshape(b_, d, m, m)
+        bias = None if conv.bias is None else conv.bias * self.scale
+        q = F.conv2d(grid, conv.weight * self.scale, bias, padding=conv.padding, groups=conv.groups)
+        return q.reshape(b_, d, n).transpose(1, 2), k, v
+
+    def _eager_windows(self, x: torch.Tensor, mask: torch.Tensor | None, start: int, bias: torch.Tensor,
+                       projections: list, value_width: int) -> torch.Tensor:
+        """The module's output for rows ``start ..`` of B_ (x: those rows), on the eager kernel."""
+        outputs, y = [], None
+        for j, x_j in enumerate(x.split(self.group_dim, dim=-1)):
+            z = x_j if y is None else x_j + y
+            q, k, v = self.group_qkv_projection(j, z, projections[j], value_width)
+            y = group_attention(q, k, v, bias[j], mask, start)[..., :self.group_dim]
+            outputs.append(y)
+        return self.proj(self.act(torch.cat(outputs, dim=-1)))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, kernel: str = "eager") -> torch.Tensor:
         bias = self.relative_position_bias()  # (G, N, N)
+        if kernel == "eager":
+            # v at an aligned width; without autograd, cache-sized chunks of windows run the whole
+            # cascade each, so no (all windows, N, N) tensor exists (docs/performance.md)
+            width = aligned_width(self.group_dim) if self.align_values else self.group_dim
+            projections = self.group_projections(width)
+            b_, n, _ = x.shape
+            if torch.is_grad_enabled() or is_exporting():
+                return self._eager_windows(x, mask, 0, bias, projections, width)
+            rows = default_chunk_size(b_, 1, n, 1 if mask is None else mask.shape[0],
+                                      chunk_bytes=WINDOW_CHUNK_BYTES)
+            if rows >= b_:
+                return self._eager_windows(x, mask, 0, bias, projections, width)
+            out = x.new_empty(b_, n, self.dim)
+            for s0 in range(0, b_, rows):
+                out[s0:s0 + rows] = self._eager_windows(x[s0:s0 + rows], mask, s0, bias, projections, width)
+            return out
         outputs = []
         y = None
         for j, x_j in enumerate(x.split(self.group_dim, dim=-1)):
             z = x_j if y is None else x_j + y
             q, k, v = self.group_qkv_projection(j, z)
-            if kernel == "eager":  # (B_, N, C/G); the 3-D form of the eager kernel
-                y = group_attention(q, k, v, bias[j], mask)
-            else:
-                y = run_kernel(kernel, q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), bias[j:j + 1], mask).squeeze(1)
+            y = run_kernel(kernel, q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), bias[j:j + 1], mask).squeeze(1)
             outputs.append(y)
         return self.proj(self.act(torch.cat(outputs, dim=-1)))
 
@@ -104,4 +167,4 @@ class GroupShiftedWindowAttention(RelativePositionBias):
                 f"key_dim={self.key_dim}")
 
 
-__all__ = ["group_attention", "GroupShiftedWindowAttention"]
+__all__ = ["WINDOW_CHUNK_BYTES", "group_attention", "GroupShiftedWindowAttention"]
