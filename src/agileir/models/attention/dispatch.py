@@ -7,9 +7,10 @@ runtime option of :class:`~agileir.models.config.NetworkConfig`) names a policy:
   shift mask), so ported checkpoints reproduce the official numbers. GSWA: the recompute policy
   when training (the memory saving of AgileIR); for inference SDPA (on CPU PyTorch's flash
   kernel, which needs q/k padded to v's width for GSWA's groups) on CUDA and on CPUs with
-  AVX-512, the eager kernel on other CPUs (measured: on an AVX2-only CPU the eager kernel took
-  0.88x SDPA's time at 256x256 and 0.92x at 640x360; on the AVX-512/AMX CPU SDPA was 1-25%
-  faster; docs/performance.md).
+  AVX-512, the eager kernel on other CPUs (measured: on an AVX2-only CPU the eager kernel, with
+  its 16-column values and chunks of windows, took 0.80x SDPA's time at 256x256 and 0.86x at
+  640x360; on the AVX-512/AMX CPU SDPA was 1-25% faster than the eager kernel as it was before
+  those two changes, not re-measured since; docs/performance.md).
 * ``recompute`` -- the same policy as GSWA's ``auto``, for either attention: while training, each
   block keeps only its inputs and recomputes the attention branch in backward (with the eager
   kernel inside the recompute); the MLP keeps its input and its hidden layer.

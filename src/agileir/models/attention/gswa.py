@@ -136,9 +136,12 @@ class GroupShiftedWindowAttention(RelativePositionBias):
                                       chunk_bytes=WINDOW_CHUNK_BYTES)
             if rows >= b_:
                 return self._eager_windows(x, mask, 0, bias, projections, width)
-            out = x.new_empty(b_, n, self.dim)
+            out = None
             for s0 in range(0, b_, rows):
-                out[s0:s0 + rows] = self._eager_windows(x[s0:s0 + rows], mask, s0, bias, projections, width)
+                y = self._eager_windows(x[s0:s0 + rows], mask, s0, bias, projections, width)
+                if out is None:  # in the chunks' dtype (bf16 under autocast)
+                    out = y.new_empty((b_, n, y.shape[-1]))
+                out[s0:s0 + rows] = y
             return out
         outputs = []
         y = None
