@@ -249,3 +249,22 @@ def test_cpu_sdpa_takes_the_flash_kernel_for_unequal_head_dims() -> None:
     names = {e.key for e in prof.key_averages()}
     assert any("flash_attention" in n for n in names), sorted(names)
     assert out.shape == ref.shape and (out - ref).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("start, rows", [(4, 8), (0, 24), (6, 8)], ids=["slice", "whole-periods", "ragged"])
+def test_mask_rows_in_and_out_of_place_match_an_explicit_loop(start: int, rows: int) -> None:
+    """Rows ``start ..`` of B_ get ``mask[row % nW]``: inside one period (a slice), whole periods
+    (a broadcast view) and across a period boundary (a gather); out of place leaves the input."""
+    from agileir.models.attention.core import add_mask, add_mask_
+
+    g = torch.Generator().manual_seed(0)
+    nw, h, n = 12, 2, 4
+    mask = torch.randn(nw, n, n, generator=g, dtype=torch.float64)
+    scores = torch.randn(rows, h, n, n, generator=g, dtype=torch.float64)
+    want = scores.clone()
+    for r in range(rows):
+        want[r] += mask[(start + r) % nw]
+    before = scores.clone()
+    out = add_mask(scores, mask, start)
+    assert torch.equal(scores, before) and torch.equal(out, want)
+    assert add_mask_(scores, mask, start) is scores and torch.equal(scores, want)
