@@ -44,7 +44,7 @@ def add_mask_(scores: torch.Tensor, mask: torch.Tensor, start: int = 0) -> torch
     drops in-place adds through a view, so a new tensor is returned then. Not for scores that
     autograd records: see :func:`add_mask`.
     """
-    if is_exporting():
+    if is_exporting():  # one shape-free broadcast: a traced slice would freeze the image size
         nw = mask.shape[0]
         return (scores.view(-1, nw, *scores.shape[1:]) + mask.to(scores.dtype).unsqueeze(1)).flatten(0, 1)
     view, m = _mask_rows(scores, mask, start)

@@ -86,22 +86,21 @@ class GroupShiftedWindowAttention(RelativePositionBias):
                 projections.append(lin)
         return projections
 
-    def group_qkv_projection(self, j: int, z: torch.Tensor, projection=None,
-                             value_width: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def group_qkv_projection(self, j: int, z: torch.Tensor,
+                             projection=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Group j's q (pre-scaled, after the DW conv), k, v from its input z: (B_, N, C/G).
 
-        ``projection``: group j's entry of :meth:`group_projections` (``value_width``) for v of
-        ``value_width`` columns, the extra ones zero; default the plain layer, v of C/G columns.
+        ``projection``: group j's entry of :meth:`group_projections` (v as wide as it makes it);
+        default the plain layer, v of C/G columns.
         """
         if self.qkv_norm is not None:
             z = self.qkv_norm[j](z)
         dk = self.key_dim
         if projection is None or isinstance(projection, nn.Module):
-            q, k, v = (projection or self.group_qkv[j])(z).split([dk, dk, self.group_dim], dim=-1)
-            if value_width and value_width > self.group_dim:
-                v = F.pad(v, (0, value_width - self.group_dim))
+            qkv = (projection or self.group_qkv[j])(z)
         else:
-            q, k, v = F.linear(z, *projection).split([dk, dk, value_width], dim=-1)
+            qkv = F.linear(z, *projection)
+        q, k, v = qkv.split([dk, dk, qkv.shape[-1] - 2 * dk], dim=-1)
         if self.q_dwconv is None:
             return q * self.scale, k, v
         # the scale folded into the depthwise conv: one pass over q less
@@ -119,7 +118,9 @@ class GroupShiftedWindowAttention(RelativePositionBias):
         outputs, y = [], None
         for j, x_j in enumerate(x.split(self.group_dim, dim=-1)):
             z = x_j if y is None else x_j + y
-            q, k, v = self.group_qkv_projection(j, z, projections[j], value_width)
+            q, k, v = self.group_qkv_projection(j, z, projections[j])
+            if v.shape[-1] < value_width:  # an int8 layer: padded after the call
+                v = F.pad(v, (0, value_width - v.shape[-1]))
             y = group_attention(q, k, v, bias[j], mask, start)[..., :self.group_dim]
             outputs.append(y)
         return self.proj(self.act(torch.cat(outputs, dim=-1)))
@@ -132,11 +133,9 @@ class GroupShiftedWindowAttention(RelativePositionBias):
             width = aligned_width(self.group_dim) if self.align_values else self.group_dim
             projections = self.group_projections(width)
             b_, n, _ = x.shape
-            if torch.is_grad_enabled() or is_exporting():
-                return self._eager_windows(x, mask, 0, bias, projections, width)
             rows = default_chunk_size(b_, 1, n, 1 if mask is None else mask.shape[0],
                                       chunk_bytes=WINDOW_CHUNK_BYTES)
-            if rows >= b_:
+            if torch.is_grad_enabled() or is_exporting() or rows >= b_:
                 return self._eager_windows(x, mask, 0, bias, projections, width)
             out = None
             for s0 in range(0, b_, rows):
