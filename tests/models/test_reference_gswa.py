@@ -87,9 +87,10 @@ def test_gswa_implementations_match_reference(impl):
 def test_gswa_inference_in_chunks_of_windows_matches_reference(monkeypatch, chunk_kib):
     """Inference runs the cascade over cache-sized chunks of windows: a chunk smaller than one
     image's 12 windows (the shift mask sliced per chunk) and one image per chunk, batch 2."""
-    from agileir.models.attention import gswa
+    from agileir.models.attention import dispatch, gswa
 
     monkeypatch.setattr(gswa, "WINDOW_CHUNK_BYTES", chunk_kib * 1024)
+    monkeypatch.setattr(dispatch, "use_fused", lambda device_type: False)  # the eager kernel's chunks
     model = _model("agileir-s", dict(TINY, **CASES["dw3-relu-kd3"]))
     calls = []
     attn = model.layers[0].residual_group.blocks[1].attn  # a shifted block: the mask per chunk

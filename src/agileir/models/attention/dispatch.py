@@ -14,9 +14,18 @@ runtime option of :class:`~agileir.models.config.NetworkConfig`) names a policy:
 * ``recompute`` -- the same policy as GSWA's ``auto``, for either attention: while training, each
   block keeps only its inputs and recomputes the attention branch in backward (with the eager
   kernel inside the recompute); the MLP keeps its input and its hidden layer.
-* ``eager``, ``chunked``, ``sdpa`` -- that kernel always, no block recompute. ``chunked`` is the
-  flash-style kernel of :mod:`agileir.models.attention.kernels` that saves the row
-  log-sum-exp instead of the N x N probabilities.
+* ``eager``, ``chunked``, ``sdpa``, ``fused`` -- that kernel always, no block recompute. ``chunked``
+  is the flash-style kernel of :mod:`agileir.models.attention.kernels` that saves the row
+  log-sum-exp instead of the N x N probabilities; ``fused`` the C++ CPU kernel of
+  :mod:`agileir.models.attention.fused` (one window's scores in L1 at a time).
+
+Wherever a policy above says "the eager kernel" on the CPU (GSWA's and SwinIR-recompute's
+training recompute; their inference on CPUs without AVX-512), the fused kernel runs instead when
+it is built (:func:`use_fused`; measured on an AVX2 CPU: agileir-s training step 0.83x, inference
+0.92x the eager kernel's time, docs/performance.md). Never while exporting (it is not traceable),
+under a Python dispatch mode (FlopCounterMode and other tools that watch ATen operations would
+not see inside it) or in eval mode with gradients (attribution and tests need a
+twice-differentiable kernel).
 
 
 Everything but SwinIR's official path masks shifted windows with -inf instead of -100: exact
@@ -30,11 +39,12 @@ import warnings
 from dataclasses import dataclass
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from agileir.models.windows import MASK_VALUE
+from agileir.models.windows import MASK_VALUE, is_exporting
 
-IMPLS = ("auto", "recompute", "eager", "chunked", "sdpa")
-KERNELS = ("eager", "chunked", "sdpa")
+IMPLS = ("auto", "recompute", "eager", "chunked", "sdpa", "fused")
+KERNELS = ("eager", "chunked", "sdpa", "fused")
 #: spellings of earlier versions, still read from configurations and weights files
 LEGACY_IMPLS = {"lean": "recompute", "fast": "sdpa"}
 
@@ -81,14 +91,25 @@ def plan_attention(attention: str, impl: str, *, device_type: str, training: boo
     if impl not in ("auto", "recompute"):
         raise ValueError(f"attention_impl must be one of {IMPLS}, got {impl!r}")
     if training and grad_enabled and not grad_checkpoint:
-        return AttentionPlan("eager", True)
+        return AttentionPlan("fused" if use_fused(device_type) else "eager", True)
     if grad_enabled:  # eval mode with gradients (attribution, tests): a differentiable kernel
         return AttentionPlan("eager", False)
     # inference: SDPA's fused kernels (on CPU its flash kernel, GSWA's q/k padded to v's width)
     # where they were measured faster than the eager kernel
     if device_type == "cpu" and not cpu_prefers_sdpa():
-        return AttentionPlan("eager", False)
+        return AttentionPlan("fused" if use_fused(device_type) else "eager", False)
     return AttentionPlan("sdpa", False)
+
+
+def use_fused(device_type: str) -> bool:
+    """Whether an auto plan that would run the eager kernel runs the fused CPU kernel instead: on
+    the CPU when it is built (or builds now), neither while exporting nor under a Python dispatch
+    mode (a FLOP counter must see the model's maths as ATen operations)."""
+    if device_type != "cpu" or is_exporting() or _get_current_dispatch_mode() is not None:
+        return False
+    from agileir.models.attention import fused
+
+    return fused.available()
 
 
 @functools.lru_cache(maxsize=None)
@@ -99,4 +120,4 @@ def cpu_prefers_sdpa() -> bool:
 
 
 __all__ = ["IMPLS", "KERNELS", "LEGACY_IMPLS", "AttentionPlan", "canonical_impl", "is_official", "mask_value",
-           "plan_attention", "cpu_prefers_sdpa"]
+           "plan_attention", "cpu_prefers_sdpa", "use_fused"]

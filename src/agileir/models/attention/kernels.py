@@ -307,7 +307,14 @@ def sdpa_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return out
 
 
-_KERNELS = {"eager": eager_window_attention, "chunked": chunked_window_attention, "sdpa": sdpa_window_attention}
+def _fused(q, k, v, bias, mask):
+    from agileir.models.attention.fused import fused_window_attention
+
+    return fused_window_attention(q, k, v, bias, mask)
+
+
+_KERNELS = {"eager": eager_window_attention, "chunked": chunked_window_attention, "sdpa": sdpa_window_attention,
+            "fused": _fused}
 
 
 def run_kernel(kernel: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,

@@ -1,0 +1,523 @@
+// Fused window attention on the CPU: softmax(q k^T + bias + mask) v, one window and head at a time.
+//
+// Why: at window attention's shapes (N = 64 tokens, 8-16 channels per head) the N x N scores
+// cost more to move than to compute. ATen runs score, mask, softmax and product as separate
+// passes over (windows, N, N) tensors that fall out of cache; here each window's scores live in
+// a few rows of L1 and never reach memory. Forward and backward; the backward recomputes the
+// probabilities from the row log-sum-exp (flash-attention style), so nothing N x N is saved.
+//
+// Shapes (the Python wrapper checks them): q, k (B_, h, N, dk), v (B_, h, N, dv), with the last
+// dimension contiguous (any other strides); bias (h, N, N) contiguous; mask (nW, N, N)
+// contiguous or empty, window w of image b being row b * nW + w of B_. q arrives scaled.
+// Probabilities below exp(-60) of a row's maximum are set to zero (as the chunked kernel of
+// kernels.py floors them): no float32 subnormal ever enters a product.
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+constexpr float kFloor = -60.0f;  // exp(-60) ~ 8.7e-27: far below float32 resolution of a row sum
+
+// p[j] = exp(x[j] - shift) where x[j] - shift > kFloor, else 0 (p may be x); returns the sum of p.
+// shift >= max_j x[j] (the row maximum, or the row's log-sum-exp in backward).
+float exp_row(const float* x, float* p, int64_t n, float shift) {
+  int64_t j = 0;
+  float total = 0.0f;
+#if defined(__AVX2__) && defined(__FMA__)
+  // exp(x) = 2^k * e^r, k = round(x / ln 2), r = x - k ln 2 in [-ln2/2, ln2/2]: a degree-6
+  // polynomial (Cephes' coefficients, relative error ~1e-7), 2^k through the exponent bits.
+  const __m256 log2e = _mm256_set1_ps(1.44269504088896341f);
+  const __m256 ln2_hi = _mm256_set1_ps(0.693359375f), ln2_lo = _mm256_set1_ps(-2.12194440e-4f);
+  const __m256 c0 = _mm256_set1_ps(1.9875691500e-4f), c1 = _mm256_set1_ps(1.3981999507e-3f),
+               c2 = _mm256_set1_ps(8.3334519073e-3f), c3 = _mm256_set1_ps(4.1665795894e-2f),
+               c4 = _mm256_set1_ps(1.6666665459e-1f), c5 = _mm256_set1_ps(5.0000001201e-1f);
+  const __m256 one = _mm256_set1_ps(1.0f), floor = _mm256_set1_ps(kFloor), sh = _mm256_set1_ps(shift);
+  __m256 acc = _mm256_setzero_ps();
+  for (; j + 8 <= n; j += 8) {
+    __m256 xv = _mm256_sub_ps(_mm256_loadu_ps(x + j), sh);
+    __m256 keep = _mm256_cmp_ps(xv, floor, _CMP_GT_OQ);  // also drops -inf and NaN-free masks
+    xv = _mm256_max_ps(xv, floor);
+    __m256 k = _mm256_round_ps(_mm256_mul_ps(xv, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(k, ln2_hi, xv);
+    r = _mm256_fnmadd_ps(k, ln2_lo, r);
+    __m256 y = _mm256_fmadd_ps(c0, r, c1);
+    y = _mm256_fmadd_ps(y, r, c2);
+    y = _mm256_fmadd_ps(y, r, c3);
+    y = _mm256_fmadd_ps(y, r, c4);
+    y = _mm256_fmadd_ps(y, r, c5);
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, one));
+    __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+    y = _mm256_and_ps(_mm256_mul_ps(y, _mm256_castsi256_ps(bits)), keep);
+    _mm256_storeu_ps(p + j, y);
+    acc = _mm256_add_ps(acc, y);
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, acc);
+  for (float v : lanes) total += v;
+#endif
+  for (; j < n; ++j) {
+    const float xj = x[j] - shift;
+    p[j] = xj > kFloor ? std::exp(xj) : 0.0f;
+    total += p[j];
+  }
+  return total;
+}
+
+double exp_row(const double* x, double* p, int64_t n, double shift) {
+  double total = 0.0;
+  for (int64_t j = 0; j < n; ++j) {
+    const double xj = x[j] - shift;
+    p[j] = xj > -600.0 ? std::exp(xj) : 0.0;
+    total += p[j];
+  }
+  return total;
+}
+
+template <typename T>
+struct View4 {  // (B_, h, N, d) with a contiguous last dimension
+  const T* data;
+  int64_t sb, sh, sn;
+  View4(const at::Tensor& t)
+      : data(t.data_ptr<T>()), sb(t.stride(0)), sh(t.stride(1)), sn(t.stride(2)) {}
+  const T* row(int64_t b, int64_t h, int64_t i) const { return data + b * sb + h * sh + i * sn; }
+};
+
+// Scores of query row i of window (b, h): s[j] = bias[i, j] + mask[i, j] + q_i . k_j, from the
+// transposed keys kt (dk x N). Returns the row maximum.
+template <typename T>
+T score_row(const T* qi, const T* kt, const T* bias_row, const T* mask_row, int64_t n, int64_t dk, T* s) {
+  if (mask_row) {
+    for (int64_t j = 0; j < n; ++j) s[j] = bias_row[j] + mask_row[j];
+  } else {
+    std::memcpy(s, bias_row, n * sizeof(T));
+  }
+  for (int64_t d = 0; d < dk; ++d) {
+    const T qd = qi[d];
+    const T* kd = kt + d * n;
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) s[j] += qd * kd[j];
+  }
+  T m = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : m)
+  for (int64_t j = 0; j < n; ++j) m = std::max(m, s[j]);
+  return m;
+}
+
+// rows (N x d, row stride `stride`) into dst (d x N)
+template <typename T>
+void transpose_into(const View4<T>& src, int64_t b, int64_t h, int64_t n, int64_t d, T* dst) {
+  for (int64_t j = 0; j < n; ++j) {
+    const T* r = src.row(b, h, j);
+    for (int64_t c = 0; c < d; ++c) dst[c * n + j] = r[c];
+  }
+}
+
+template <typename T>
+void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,
+                  const at::Tensor& mask, at::Tensor& out, at::Tensor& lse, bool want_lse) {
+  const int64_t b_ = q.size(0), heads = q.size(1), n = q.size(2), dk = q.size(3), dv = v.size(3);
+  const int64_t nw = mask.numel() ? mask.size(0) : 0;
+  const View4<T> qv(q), kv(k), vv(v);
+  T* o = out.data_ptr<T>();  // contiguous (B_, h, N, dv)
+  T* l = want_lse ? lse.data_ptr<T>() : nullptr;  // (B_, h, N)
+  const T* bp = bias.data_ptr<T>();
+  const T* mp = nw ? mask.data_ptr<T>() : nullptr;
+  at::parallel_for(0, b_ * heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> kt(dk * n), vt(dv * n), s(n), p(n);
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / heads, h = bh % heads;
+      transpose_into(kv, b, h, n, dk, kt.data());
+      transpose_into(vv, b, h, n, dv, vt.data());
+      const T* mwin = mp ? mp + (b % nw) * n * n : nullptr;
+      for (int64_t i = 0; i < n; ++i) {
+        const T m = score_row(qv.row(b, h, i), kt.data(), bp + (h * n + i) * n, mwin ? mwin + i * n : nullptr,
+                              n, dk, s.data());
+        const T total = exp_row(s.data(), p.data(), n, m);
+        const T inv = T(1) / total;
+        T* oi = o + (bh * n + i) * dv;
+        for (int64_t c = 0; c < dv; ++c) {
+          const T* vc = vt.data() + c * n;
+          T acc = 0;
+#pragma omp simd reduction(+ : acc)
+          for (int64_t j = 0; j < n; ++j) acc += p[j] * vc[j];
+          oi[c] = acc * inv;
+        }
+        if (l) l[bh * n + i] = m + std::log(total);
+      }
+    }
+  });
+}
+
+template <typename T>
+void backward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,
+                   const at::Tensor& mask, const at::Tensor& out, const at::Tensor& lse, const at::Tensor& grad,
+                   at::Tensor& dq, at::Tensor& dk_, at::Tensor& dv_, at::Tensor& dbias_threads) {
+  const int64_t b_ = q.size(0), heads = q.size(1), n = q.size(2), dk = q.size(3), dv = v.size(3);
+  const int64_t nw = mask.numel() ? mask.size(0) : 0;
+  const View4<T> qv(q), kv(k), vv(v);
+  const T* o = out.data_ptr<T>();
+  const T* g = grad.data_ptr<T>();  // contiguous (B_, h, N, dv)
+  const T* l = lse.data_ptr<T>();
+  const T* bp = bias.data_ptr<T>();
+  const T* mp = nw ? mask.data_ptr<T>() : nullptr;
+  T* dqp = dq.data_ptr<T>();  // contiguous outputs
+  T* dkp = dk_.data_ptr<T>();
+  T* dvp = dv_.data_ptr<T>();
+  T* dbp = dbias_threads.data_ptr<T>();  // (threads, h, N, N), zeroed
+  at::parallel_for(0, b_ * heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> kt(dk * n), vt(dv * n), s(n), p(n), dp(n), dkt(dk * n), dvt(dv * n);
+    T* dbias = dbp + at::get_thread_num() * heads * n * n;
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / heads, h = bh % heads;
+      transpose_into(kv, b, h, n, dk, kt.data());
+      transpose_into(vv, b, h, n, dv, vt.data());
+      std::fill(dkt.begin(), dkt.end(), T(0));
+      std::fill(dvt.begin(), dvt.end(), T(0));
+      const T* mwin = mp ? mp + (b % nw) * n * n : nullptr;
+      for (int64_t i = 0; i < n; ++i) {
+        const T* qi = qv.row(b, h, i);
+        score_row(qi, kt.data(), bp + (h * n + i) * n, mwin ? mwin + i * n : nullptr, n, dk, s.data());
+        exp_row(s.data(), p.data(), n, l[bh * n + i]);  // the forward's normalised probabilities
+        const T* gi = g + (bh * n + i) * dv;
+        const T* oi = o + (bh * n + i) * dv;
+        T delta = 0;  // rowsum(dO * O) = rowsum(P * dP)
+        for (int64_t c = 0; c < dv; ++c) delta += gi[c] * oi[c];
+        std::fill(dp.begin(), dp.end(), -delta);
+        for (int64_t c = 0; c < dv; ++c) {
+          const T gc = gi[c];
+          const T* vc = vt.data() + c * n;
+          T* dvc = dvt.data() + c * n;
+#pragma omp simd
+          for (int64_t j = 0; j < n; ++j) {
+            dp[j] += gc * vc[j];  // dP - delta
+            dvc[j] += gc * p[j];  // dV^T += dO_i^T P_i
+          }
+        }
+        T* dbi = dbias + (h * n + i) * n;
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) {
+          dp[j] *= p[j];  // dS
+          dbi[j] += dp[j];
+        }
+        T* dqi = dqp + (bh * n + i) * dk;
+        for (int64_t c = 0; c < dk; ++c) {
+          const T* kc = kt.data() + c * n;
+          T* dkc = dkt.data() + c * n;
+          const T qc = qi[c];
+          T acc = 0;
+#pragma omp simd reduction(+ : acc)
+          for (int64_t j = 0; j < n; ++j) {
+            acc += dp[j] * kc[j];
+            dkc[j] += qc * dp[j];
+          }
+          dqi[c] = acc;
+        }
+      }
+      for (int64_t j = 0; j < n; ++j) {
+        T* dkj = dkp + (bh * n + j) * dk;
+        for (int64_t c = 0; c < dk; ++c) dkj[c] = dkt[c * n + j];
+        T* dvj = dvp + (bh * n + j) * dv;
+        for (int64_t c = 0; c < dv; ++c) dvj[c] = dvt[c * n + j];
+      }
+    }
+  });
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+// The float32 path: per window, whole N x N blocks in small buffers and every product through one
+// register-blocked kernel (4 rows x 16 columns of accumulators), the shape of a GEMM micro-kernel.
+
+int64_t round8(int64_t x) { return (x + 7) / 8 * 8; }
+int64_t round4(int64_t x) { return (x + 3) / 4 * 4; }
+
+// C (M x NC, ldc) = [C +] A (M x K, lda) B (K x NC, ldb); NC a multiple of 8.
+void gemm(int64_t M, int64_t NC, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+          int64_t ldc, bool accumulate) {
+  int64_t i = 0;
+  for (; i + 4 <= M; i += 4) {
+    const float* a0 = A + i * lda;
+    const float* a1 = a0 + lda;
+    const float* a2 = a1 + lda;
+    const float* a3 = a2 + lda;
+    float* c = C + i * ldc;
+    int64_t j = 0;
+    for (; j + 16 <= NC; j += 16) {
+      __m256 c00, c01, c10, c11, c20, c21, c30, c31;
+      if (accumulate) {
+        c00 = _mm256_loadu_ps(c + j), c01 = _mm256_loadu_ps(c + j + 8);
+        c10 = _mm256_loadu_ps(c + ldc + j), c11 = _mm256_loadu_ps(c + ldc + j + 8);
+        c20 = _mm256_loadu_ps(c + 2 * ldc + j), c21 = _mm256_loadu_ps(c + 2 * ldc + j + 8);
+        c30 = _mm256_loadu_ps(c + 3 * ldc + j), c31 = _mm256_loadu_ps(c + 3 * ldc + j + 8);
+      } else {
+        c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = _mm256_setzero_ps();
+      }
+      const float* b = B + j;
+      for (int64_t kk = 0; kk < K; ++kk, b += ldb) {
+        const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+        __m256 a = _mm256_broadcast_ss(a0 + kk);
+        c00 = _mm256_fmadd_ps(a, b0, c00), c01 = _mm256_fmadd_ps(a, b1, c01);
+        a = _mm256_broadcast_ss(a1 + kk);
+        c10 = _mm256_fmadd_ps(a, b0, c10), c11 = _mm256_fmadd_ps(a, b1, c11);
+        a = _mm256_broadcast_ss(a2 + kk);
+        c20 = _mm256_fmadd_ps(a, b0, c20), c21 = _mm256_fmadd_ps(a, b1, c21);
+        a = _mm256_broadcast_ss(a3 + kk);
+        c30 = _mm256_fmadd_ps(a, b0, c30), c31 = _mm256_fmadd_ps(a, b1, c31);
+      }
+      _mm256_storeu_ps(c + j, c00), _mm256_storeu_ps(c + j + 8, c01);
+      _mm256_storeu_ps(c + ldc + j, c10), _mm256_storeu_ps(c + ldc + j + 8, c11);
+      _mm256_storeu_ps(c + 2 * ldc + j, c20), _mm256_storeu_ps(c + 2 * ldc + j + 8, c21);
+      _mm256_storeu_ps(c + 3 * ldc + j, c30), _mm256_storeu_ps(c + 3 * ldc + j + 8, c31);
+    }
+  }
+  const int64_t nc16 = NC / 16 * 16;
+  if (nc16 < NC) {  // the last 8 columns of the rows above: 8 rows at a time, 8 independent sums
+    int64_t r = 0;
+    for (; r + 8 <= i; r += 8) {
+      __m256 acc[8];
+      for (int t = 0; t < 8; ++t)
+        acc[t] = accumulate ? _mm256_loadu_ps(C + (r + t) * ldc + nc16) : _mm256_setzero_ps();
+      const float* b = B + nc16;
+      for (int64_t kk = 0; kk < K; ++kk, b += ldb) {
+        const __m256 b0 = _mm256_loadu_ps(b);
+        for (int t = 0; t < 8; ++t) acc[t] = _mm256_fmadd_ps(_mm256_broadcast_ss(A + (r + t) * lda + kk), b0, acc[t]);
+      }
+      for (int t = 0; t < 8; ++t) _mm256_storeu_ps(C + (r + t) * ldc + nc16, acc[t]);
+    }
+    for (; r < i; ++r) {
+      __m256 c0 = accumulate ? _mm256_loadu_ps(C + r * ldc + nc16) : _mm256_setzero_ps();
+      const float* b = B + nc16;
+      for (int64_t kk = 0; kk < K; ++kk, b += ldb) c0 = _mm256_fmadd_ps(_mm256_broadcast_ss(A + r * lda + kk), _mm256_loadu_ps(b), c0);
+      _mm256_storeu_ps(C + r * ldc + nc16, c0);
+    }
+  }
+  for (; i < M; ++i) {  // rows past the last multiple of 4 (callers pad their rows to avoid these)
+    const float* a0 = A + i * lda;
+    float* c = C + i * ldc;
+    for (int64_t j = 0; j < NC; j += 8) {
+      __m256 c0 = accumulate ? _mm256_loadu_ps(c + j) : _mm256_setzero_ps();
+      const float* b = B + j;
+      for (int64_t kk = 0; kk < K; ++kk, b += ldb) c0 = _mm256_fmadd_ps(_mm256_broadcast_ss(a0 + kk), _mm256_loadu_ps(b), c0);
+      _mm256_storeu_ps(c + j, c0);
+    }
+  }
+}
+
+// rows (n x d of a View4 window) into dst (d x ld), columns past n untouched
+void transpose_rows(const View4<float>& src, int64_t b, int64_t h, int64_t n, int64_t d, float* dst, int64_t ld) {
+  for (int64_t j = 0; j < n; ++j) {
+    const float* r = src.row(b, h, j);
+    for (int64_t c = 0; c < d; ++c) dst[c * ld + j] = r[c];
+  }
+}
+
+// rows (n x d, row stride sn) into dst (n x ld), zero-padded to ld columns
+void copy_rows(const float* src, int64_t sn, int64_t n, int64_t d, float* dst, int64_t ld) {
+  for (int64_t j = 0; j < n; ++j) {
+    std::memcpy(dst + j * ld, src + j * sn, d * sizeof(float));
+    std::fill(dst + j * ld + d, dst + (j + 1) * ld, 0.0f);
+  }
+}
+
+// S (n x np) = bias + mask + Q K^T for window (b, h); kt (dk x np) is filled here.
+void window_scores(const View4<float>& qv, const View4<float>& kv, int64_t b, int64_t h, int64_t n, int64_t np,
+                   int64_t dk, const float* bias, const float* mask, float* kt, float* s) {
+  std::fill(kt, kt + dk * np, 0.0f);
+  transpose_rows(kv, b, h, n, dk, kt, np);
+  for (int64_t i = 0; i < n; ++i) {
+    float* si = s + i * np;
+    const float* bi = bias + i * n;
+    if (mask) {
+      const float* mi = mask + i * n;
+      for (int64_t j = 0; j < n; ++j) si[j] = bi[j] + mi[j];
+    } else {
+      std::memcpy(si, bi, n * sizeof(float));
+    }
+    std::fill(si + n, si + np, 0.0f);
+  }
+  gemm(n, np, dk, qv.row(b, h, 0), qv.sn, kt, np, s, np, true);
+}
+
+float row_max(const float* x, int64_t n) {
+  __m256 mv = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(x + j));
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, mv);
+  float m = lanes[0];
+  for (int c = 1; c < 8; ++c) m = std::max(m, lanes[c]);
+  for (; j < n; ++j) m = std::max(m, x[j]);
+  return m;
+}
+
+void forward_f32(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,
+                 const at::Tensor& mask, at::Tensor& out, at::Tensor& lse, bool want_lse) {
+  const int64_t b_ = q.size(0), heads = q.size(1), n = q.size(2), dk = q.size(3), dv = v.size(3);
+  const int64_t np = round8(n), dvp = round8(dv);
+  const int64_t nw = mask.numel() ? mask.size(0) : 0;
+  const View4<float> qv(q), kv(k), vv(v);
+  float* o = out.data_ptr<float>();
+  float* l = want_lse ? lse.data_ptr<float>() : nullptr;
+  const float* bp = bias.data_ptr<float>();
+  const float* mp = nw ? mask.data_ptr<float>() : nullptr;
+  at::parallel_for(0, b_ * heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> kt(dk * np), s(n * np), vpad(n * dvp), ob(n * dvp), inv(n);
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / heads, h = bh % heads;
+      window_scores(qv, kv, b, h, n, np, dk, bp + h * n * n, mp ? mp + (b % nw) * n * n : nullptr, kt.data(),
+                    s.data());
+      for (int64_t i = 0; i < n; ++i) {
+        float* si = s.data() + i * np;
+        const float m = row_max(si, n);
+        const float total = exp_row(si, si, n, m);
+        inv[i] = 1.0f / total;
+        if (l) l[bh * n + i] = m + std::log(total);
+      }
+      copy_rows(vv.row(b, h, 0), vv.sn, n, dv, vpad.data(), dvp);
+      gemm(n, dvp, n, s.data(), np, vpad.data(), dvp, ob.data(), dvp, false);
+      float* ow = o + bh * n * dv;
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t c = 0; c < dv; ++c) ow[i * dv + c] = ob[i * dvp + c] * inv[i];
+    }
+  });
+}
+
+void backward_f32(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,
+                  const at::Tensor& mask, const at::Tensor& out, const at::Tensor& lse, const at::Tensor& grad,
+                  at::Tensor& dq, at::Tensor& dk_, at::Tensor& dv_, at::Tensor& dbias_threads) {
+  const int64_t b_ = q.size(0), heads = q.size(1), n = q.size(2), dk = q.size(3), dv = v.size(3);
+  const int64_t np = round8(n), dkp = round8(dk), dvp = round8(dv);
+  const int64_t nw = mask.numel() ? mask.size(0) : 0;
+  const View4<float> qv(q), kv(k), vv(v);
+  const float* o = out.data_ptr<float>();
+  const float* g = grad.data_ptr<float>();
+  const float* l = lse.data_ptr<float>();
+  const float* bp = bias.data_ptr<float>();
+  const float* mp = nw ? mask.data_ptr<float>() : nullptr;
+  float* dqp = dq.data_ptr<float>();
+  float* dkp_ = dk_.data_ptr<float>();
+  float* dvp_ = dv_.data_ptr<float>();
+  float* dbp = dbias_threads.data_ptr<float>();
+  at::parallel_for(0, b_ * heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> kt(dk * np), s(n * np), ds(n * np), gpad(n * dvp), vt(dvp * np), kpad(n * dkp),
+        qt(round4(dk) * n), gt(round4(dv) * n), buf(round4(std::max(dk, dv)) * np), dqb(n * dkp);
+    float* dbias = dbp + at::get_thread_num() * heads * n * n;
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / heads, h = bh % heads;
+      window_scores(qv, kv, b, h, n, np, dk, bp + h * n * n, mp ? mp + (b % nw) * n * n : nullptr, kt.data(),
+                    s.data());
+      const float* gw = g + bh * n * dv;
+      const float* ow = o + bh * n * dv;
+      for (int64_t i = 0; i < n; ++i) {  // P, normalised, from the saved log-sum-exp
+        float* si = s.data() + i * np;
+        exp_row(si, si, n, l[bh * n + i]);
+      }
+      copy_rows(gw, dv, n, dv, gpad.data(), dvp);
+      std::fill(vt.begin(), vt.end(), 0.0f);
+      transpose_rows(vv, b, h, n, dv, vt.data(), np);
+      gemm(n, np, dvp, gpad.data(), dvp, vt.data(), np, ds.data(), np, false);  // dP = dO V^T
+      for (int64_t i = 0; i < n; ++i) {  // dS = P (dP - rowsum(dO * O)); dbias += dS
+        float delta = 0.0f;
+        for (int64_t c = 0; c < dv; ++c) delta += gw[i * dv + c] * ow[i * dv + c];
+        float* dsi = ds.data() + i * np;
+        const float* pi = s.data() + i * np;
+        float* dbi = dbias + (h * n + i) * n;
+        for (int64_t j = 0; j < n; ++j) {
+          dsi[j] = pi[j] * (dsi[j] - delta);
+          dbi[j] += dsi[j];
+        }
+        std::fill(dsi + n, dsi + np, 0.0f);
+      }
+      copy_rows(kv.row(b, h, 0), kv.sn, n, dk, kpad.data(), dkp);
+      gemm(n, dkp, n, ds.data(), np, kpad.data(), dkp, dqb.data(), dkp, false);  // dQ = dS K
+      float* dqw = dqp + bh * n * dk;
+      for (int64_t i = 0; i < n; ++i) std::memcpy(dqw + i * dk, dqb.data() + i * dkp, dk * sizeof(float));
+      transpose_rows(qv, b, h, n, dk, qt.data(), n);  // rows past dk stay zero
+      gemm(round4(dk), np, n, qt.data(), n, ds.data(), np, buf.data(), np, false);  // dK^T = Q^T dS
+      float* dkw = dkp_ + bh * n * dk;
+      for (int64_t j = 0; j < n; ++j)
+        for (int64_t c = 0; c < dk; ++c) dkw[j * dk + c] = buf[c * np + j];
+      for (int64_t j = 0; j < n; ++j)
+        for (int64_t c = 0; c < dv; ++c) gt[c * n + j] = gw[j * dv + c];
+      gemm(round4(dv), np, n, gt.data(), n, s.data(), np, buf.data(), np, false);  // dV^T = dO^T P
+      float* dvw = dvp_ + bh * n * dv;
+      for (int64_t j = 0; j < n; ++j)
+        for (int64_t c = 0; c < dv; ++c) dvw[j * dv + c] = buf[c * np + j];
+    }
+  });
+}
+#endif
+
+void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,
+                  const at::Tensor& mask) {
+  TORCH_CHECK(q.device().is_cpu(), "the fused window-attention kernel runs on the CPU");
+  TORCH_CHECK(q.dim() == 4 && k.sizes() == q.sizes() && v.dim() == 4 && v.size(0) == q.size(0) &&
+                  v.size(1) == q.size(1) && v.size(2) == q.size(2),
+              "q, k must be (B_, h, N, dk) and v (B_, h, N, dv)");
+  TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1, "last dimensions must be contiguous");
+  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type() &&
+                  bias.scalar_type() == q.scalar_type(), "q, k, v and bias must share one dtype");
+  TORCH_CHECK(bias.is_contiguous() && bias.dim() == 3 && bias.size(0) == q.size(1) && bias.size(1) == q.size(2) &&
+                  bias.size(2) == q.size(2), "bias must be a contiguous (h, N, N)");
+  if (mask.numel()) {
+    TORCH_CHECK(mask.is_contiguous() && mask.dim() == 3 && mask.size(1) == q.size(2) && mask.size(2) == q.size(2) &&
+                    q.size(0) % mask.size(0) == 0 && mask.scalar_type() == q.scalar_type(),
+                "mask must be a contiguous (nW, N, N) of q's dtype with nW dividing B_");
+  }
+}
+
+std::vector<at::Tensor> forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                const at::Tensor& bias, const at::Tensor& mask, bool want_lse) {
+  check_inputs(q, k, v, bias, mask);
+  at::Tensor out = at::empty({q.size(0), q.size(1), q.size(2), v.size(3)}, q.options());
+  at::Tensor lse = want_lse ? at::empty({q.size(0), q.size(1), q.size(2)}, q.options()) : at::empty({0}, q.options());
+#if defined(__AVX2__) && defined(__FMA__)
+  if (q.scalar_type() == at::kFloat) {
+    forward_f32(q, k, v, bias, mask, out, lse, want_lse);
+    return {out, lse};
+  }
+#endif
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "fused_window_attention_forward",
+                             [&] { forward_impl<scalar_t>(q, k, v, bias, mask, out, lse, want_lse); });
+  return {out, lse};
+}
+
+std::vector<at::Tensor> backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                 const at::Tensor& bias, const at::Tensor& mask, const at::Tensor& out,
+                                 const at::Tensor& lse, const at::Tensor& grad) {
+  check_inputs(q, k, v, bias, mask);
+  TORCH_CHECK(out.is_contiguous() && lse.is_contiguous() && grad.is_contiguous() &&
+                  grad.sizes() == out.sizes() && grad.scalar_type() == q.scalar_type(),
+              "out, lse and grad must be contiguous, grad shaped like out");
+  at::Tensor dq = at::empty(q.sizes(), q.options());
+  at::Tensor dk = at::empty(k.sizes(), k.options());
+  at::Tensor dv = at::empty(v.sizes(), v.options());
+  at::Tensor dbias = at::zeros({at::get_num_threads(), q.size(1), q.size(2), q.size(2)}, q.options());
+#if defined(__AVX2__) && defined(__FMA__)
+  if (q.scalar_type() == at::kFloat) {
+    backward_f32(q, k, v, bias, mask, out, lse, grad, dq, dk, dv, dbias);
+    return {dq, dk, dv, dbias.sum(0)};
+  }
+#endif
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "fused_window_attention_backward", [&] {
+    backward_impl<scalar_t>(q, k, v, bias, mask, out, lse, grad, dq, dk, dv, dbias);
+  });
+  return {dq, dk, dv, dbias.sum(0)};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &forward, "fused window attention: (out, row log-sum-exp)");
+  m.def("backward", &backward, "gradients of q, k, v and bias");
+}

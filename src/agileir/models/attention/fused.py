@@ -1,0 +1,156 @@
+"""The fused CPU window-attention kernel (``kernel="fused"``): C++ built on first use.
+
+``softmax(q k^T + bias + mask) v`` one window and head at a time, scores kept in a few rows of
+L1 instead of (windows, N, N) tensors in memory; backward recomputes the probabilities from the
+row log-sum-exp, so it saves what :func:`~agileir.models.attention.kernels.chunked_window_attention`
+saves (q, k, v, bias, mask, output, log-sum-exp). Source: ``csrc/window_attention.cpp``.
+
+The extension is compiled once per machine with PyTorch's own JIT builder
+(:func:`torch.utils.cpp_extension.load`, a C++ compiler and ninja needed, ``-march=native``)
+into PyTorch's extension cache (``TORCH_EXTENSIONS_DIR``), in a folder named after a hash of the
+source, flags, PyTorch and Python, so an edit or an upgrade builds afresh and a built one is
+imported directly. Where that fails, :func:`available`
+is False with the reason in :func:`unavailable_reason`, and ``auto`` plans keep the eager
+kernel; ``AGILEIR_FUSED=0`` turns the kernel off without trying.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import os
+import platform
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+from agileir.models.attention.core import add_bias_and_mask
+
+__all__ = ["available", "unavailable_reason", "fused_window_attention", "FUSED_ENV"]
+
+#: ``0`` turns the fused kernel off (auto plans keep the eager kernel); ``1`` (default) tries it
+FUSED_ENV = "AGILEIR_FUSED"
+_SOURCE = Path(__file__).with_name("csrc") / "window_attention.cpp"
+_NAME = "agileir_window_attention"
+
+
+_FLAGS = ("-O3", "-march=native", "-fopenmp-simd")
+
+
+def _build_key() -> str:
+    """What the compiled file depends on: the source, the flags, PyTorch and Python."""
+    digest = hashlib.sha256(_SOURCE.read_bytes())
+    digest.update(repr((_FLAGS, torch.__version__, sys.version, platform.machine())).encode())
+    return digest.hexdigest()[:12]
+
+
+@functools.lru_cache(maxsize=1)
+def _load():
+    """The compiled extension module, or the reason it could not be had (a string)."""
+    if os.environ.get(FUSED_ENV, "1") == "0":
+        return f"{FUSED_ENV}=0"
+    if not _SOURCE.is_file():
+        return f"its source {_SOURCE} is missing"
+    try:
+        from torch.utils import cpp_extension
+
+        name = f"{_NAME}_{_build_key()}"
+        build = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()) / name
+        library = build / f"{name}.so"
+        if library.is_file() and not (build / "lock").exists():  # built (and no build running): imported
+            # directly, the builder's own checks cost a second per process
+            spec = importlib.util.spec_from_file_location(name, library)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return module
+        print("agileir: building the fused CPU attention kernel (once per machine, about a minute)",
+              file=sys.stderr, flush=True)
+        build.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return cpp_extension.load(name=name, sources=[str(_SOURCE)], extra_cflags=list(_FLAGS),
+                                      build_directory=str(build), verbose=False)
+    except Exception as err:  # no compiler, no ninja, a build error: the eager kernel stays
+        text = str(err).strip()
+        return f"{type(err).__name__}: {text.splitlines()[-1] if text else ''}"[:300]
+
+
+def available() -> bool:
+    """Whether the fused kernel is built (building it now if it was not)."""
+    return not isinstance(_load(), str)
+
+
+def unavailable_reason() -> str | None:
+    """Why the fused kernel is not available, or None when it is."""
+    ext = _load()
+    return ext if isinstance(ext, str) else None
+
+
+def _prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
+             mask: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    dtype = torch.float64 if q.dtype == torch.float64 else torch.float32  # bf16 runs in float32
+
+    def last_contiguous(t: torch.Tensor) -> torch.Tensor:
+        t = t.to(dtype)
+        return t if t.stride(-1) == 1 else t.contiguous()
+
+    h, n = q.shape[1], q.shape[2]
+    bias = q.new_zeros((h, n, n), dtype=dtype) if bias is None else bias.to(dtype).contiguous()
+    mask = q.new_empty((0,), dtype=dtype) if mask is None else mask.detach().to(dtype).contiguous()
+    return last_contiguous(q), last_contiguous(k), last_contiguous(v), bias, mask
+
+
+class _FusedWindowAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, bias, mask, has_bias: bool):  # type: ignore[override]
+        ext = _load()
+        out, lse = ext.forward(q, k, v, bias, mask, True)
+        ctx.has_bias = has_bias
+        ctx.save_for_backward(q, k, v, bias, mask, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        q, k, v, bias, mask, out, lse = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # create_graph=True (a gradient penalty): differentiable gradients through the eager
+            # reference, recomputed from the saved inputs (this call only)
+            inputs = (q, k, v, bias)
+            with torch.enable_grad():
+                scores = add_bias_and_mask(q @ k.transpose(-2, -1), bias, mask if mask.numel() else None)
+                ref = scores.softmax(dim=-1) @ v
+            wanted = [t for t in inputs if t.requires_grad]
+            grads = iter(torch.autograd.grad(ref, wanted, grad_out, allow_unused=True, create_graph=True))
+            dq, dk, dv, dbias = (next(grads) if t.requires_grad else None for t in inputs)
+            return dq, dk, dv, dbias if ctx.has_bias else None, None, None
+        dq, dk, dv, dbias = _load().backward(q, k, v, bias, mask, out, lse, grad_out.contiguous())
+        return dq, dk, dv, dbias if ctx.has_bias else None, None, None
+
+
+def fused_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
+                           mask: torch.Tensor | None) -> torch.Tensor:
+    """``softmax(q k^T + bias + mask) v`` on the fused CPU kernel; shapes as in
+    :mod:`~agileir.models.attention.kernels`. Output in q's dtype; bf16 inputs compute in float32.
+
+    Probabilities below ``exp(-60)`` of a row's maximum (``exp(-600)`` in float64) are exactly
+    zero (the chunked kernel floors them likewise): masked pairs and underflow never produce
+    subnormal numbers. Gradients to q, k, v and bias (twice differentiable through the eager
+    reference, as the chunked kernel); raises RuntimeError if the kernel is not
+    :func:`available` or the tensors are not on the CPU.
+    """
+    ext = _load()
+    if isinstance(ext, str):
+        raise RuntimeError(f"the fused window-attention kernel is not available: {ext}")
+    if q.device.type != "cpu":
+        raise RuntimeError("the fused window-attention kernel runs on the CPU only")
+    in_dtype = q.dtype
+    qq, kk, vv, bb, mm = _prepare(q, k, v, bias, mask)
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, bias))
+    if needs_grad:
+        out = _FusedWindowAttention.apply(qq, kk, vv, bb, mm, bias is not None)
+    else:
+        out, _ = ext.forward(qq, kk, vv, bb, mm, False)
+    return out if out.dtype == in_dtype else out.to(in_dtype)
