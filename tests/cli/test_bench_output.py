@@ -18,6 +18,9 @@ def test_bench_results_on_stdout_progress_on_stderr(capsys):
     assert "[bench]" not in captured.out and "ratios agileir-s / swinir-s" in captured.out
     assert "[bench] swinir-s batch 1: activation census" in captured.err
     assert "note" not in captured.err  # batch 1 at patch 8 needs no warning
+    from agileir.models.attention import fused
+
+    assert captured.out.splitlines()[0].endswith(f", fused CPU attention kernel {fused.state()}")
 
 
 def test_memory_note_only_for_the_heavy_census():

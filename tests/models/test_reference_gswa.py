@@ -83,21 +83,25 @@ def test_gswa_implementations_match_reference(impl):
     assert np.abs(got - want).max() <= TOL
 
 
+@pytest.mark.parametrize("kernel", ["eager", "fused"])
 @pytest.mark.parametrize("chunk_kib", [5, 13], ids=["4-of-12-windows", "one-image-per-chunk"])
-def test_gswa_inference_in_chunks_of_windows_matches_reference(monkeypatch, chunk_kib):
+def test_gswa_inference_in_chunks_of_windows_matches_reference(monkeypatch, chunk_kib, kernel):
     """Inference runs the cascade over cache-sized chunks of windows: a chunk smaller than one
-    image's 12 windows (the shift mask sliced per chunk) and one image per chunk, batch 2."""
-    from agileir.models.attention import dispatch, gswa
+    image's 12 windows (the shift mask sliced per chunk) and one image per chunk, batch 2; on the
+    eager kernel and on the fused one (each chunk's mask rows passed to it)."""
+    from agileir.models.attention import dispatch, fused, gswa
 
+    if kernel == "fused" and not fused.available():
+        pytest.skip(f"fused kernel not built: {fused.unavailable_reason()}")
     monkeypatch.setattr(gswa, "WINDOW_CHUNK_BYTES", chunk_kib * 1024)
-    monkeypatch.setattr(dispatch, "use_fused", lambda device_type: False)  # the eager kernel's chunks
+    monkeypatch.setattr(dispatch, "use_fused", lambda device_type: kernel == "fused")
     model = _model("agileir-s", dict(TINY, **CASES["dw3-relu-kd3"]))
     calls = []
     attn = model.layers[0].residual_group.blocks[1].attn  # a shifted block: the mask per chunk
-    original = attn._eager_windows
-    monkeypatch.setattr(attn, "_eager_windows", lambda x, *a: calls.append(x.shape[0]) or original(x, *a))
+    original = attn._windows
+    monkeypatch.setattr(attn, "_windows", lambda x, *a: calls.append((x.shape[0], a[-1])) or original(x, *a))
     got, want = R.compare_with_model(model, _input(model, 11, 13))  # 12x16 padded: 12 windows each
-    assert calls == ([4] * 6 if chunk_kib == 5 else [12, 12])
+    assert calls == [(rows, kernel) for rows in ([4] * 6 if chunk_kib == 5 else [12, 12])]
     assert np.abs(got - want).max() <= TOL
 
 

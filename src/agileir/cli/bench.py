@@ -75,6 +75,15 @@ def memory_note(batches: list[int], patch: int, device: str, models: list[str]) 
             f"use --batch 1 4 (or a smaller --patch) for a lighter run")
 
 
+def fused_kernel_state(device: str) -> str | None:
+    """"on", or "off (why)", for a CPU run: whether the auto plans ran it (models/attention/fused.py)."""
+    if device != "cpu":
+        return None
+    from agileir.models.attention import fused
+
+    return fused.state()
+
+
 def run(args: argparse.Namespace) -> int:
     from agileir.engine.benchmark import Variant, format_table, parse_size, ratio_rows, rows_as_dicts, run_benchmark
     from agileir.engine.speed import format_speed_table
@@ -105,8 +114,10 @@ def run(args: argparse.Namespace) -> int:
                            progress=lambda line: print(line, file=sys.stderr, flush=True))
     rows = result.rows
     base, other = args.models[0], args.models[-1]
+    kernel = fused_kernel_state(args.device)
     print(f"{args.device} {args.precision}, x{args.scale}, LR patch {args.patch}, checkpointing "
-          f"{'on' if args.grad_checkpoint else 'off'}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+          f"{'on' if args.grad_checkpoint else 'off'}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+          + (f", fused CPU attention kernel {kernel}" if kernel else ""))
     if batches:
         print(format_table(rows, base, other))
         print()
@@ -116,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         speed = [{**asdict(r), "gflops": r.gflops, "fraction": r.fraction} for r in result.speed]
         payload = {"settings": settings, "rows": rows_as_dicts(rows), "ratios": ratio_rows(rows, base, other),
                    "ceilings_gflops": result.ceilings, "ceiling_sizes": result.ceiling_sizes, "speed": speed,
-                   "cpu": cpu_capabilities()}
+                   "cpu": cpu_capabilities(), "fused_kernel": kernel}
         atomic_write_text(args.out / "bench.json", json.dumps(payload, indent=2))
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(rows_as_dicts(rows)[0]))

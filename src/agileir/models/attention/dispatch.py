@@ -21,8 +21,9 @@ runtime option of :class:`~agileir.models.config.NetworkConfig`) names a policy:
 
 Wherever a policy above says "the eager kernel" on the CPU (GSWA's and SwinIR-recompute's
 training recompute; their inference on CPUs without AVX-512), the fused kernel runs instead when
-it is built (:func:`use_fused`; measured on an AVX2 CPU: agileir-s training step 0.83x, inference
-0.92x the eager kernel's time, docs/performance.md). Never while exporting (it is not traceable),
+it is built (:func:`use_fused`; measured on an AVX2 CPU: the agileir-s training step 0.81x,
+inference 0.78-0.95x their time with the eager kernel, docs/performance.md; on AVX-512 CPUs,
+where inference keeps SDPA, and for bf16, unmeasured). Never while exporting (it is not traceable),
 under a Python dispatch mode (FlopCounterMode and other tools that watch ATen operations would
 not see inside it) or in eval mode with gradients (attribution and tests need a
 twice-differentiable kernel).
@@ -103,13 +104,13 @@ def plan_attention(attention: str, impl: str, *, device_type: str, training: boo
 
 def use_fused(device_type: str) -> bool:
     """Whether an auto plan that would run the eager kernel runs the fused CPU kernel instead: on
-    the CPU when it is built (or builds now), neither while exporting nor under a Python dispatch
-    mode (a FLOP counter must see the model's maths as ATen operations)."""
+    the CPU when it is built (or builds now) with its AVX2 path, neither while exporting nor under
+    a Python dispatch mode (a FLOP counter must see the model's maths as ATen operations)."""
     if device_type != "cpu" or is_exporting() or _get_current_dispatch_mode() is not None:
         return False
     from agileir.models.attention import fused
 
-    return fused.available()
+    return fused.available() and fused.vectorized()
 
 
 @functools.lru_cache(maxsize=None)

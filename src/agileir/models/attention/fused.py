@@ -8,8 +8,8 @@ saves (q, k, v, bias, mask, output, log-sum-exp). Source: ``csrc/window_attentio
 The extension is compiled once per machine with PyTorch's own JIT builder
 (:func:`torch.utils.cpp_extension.load`, a C++ compiler and ninja needed, ``-march=native``)
 into PyTorch's extension cache (``TORCH_EXTENSIONS_DIR``), in a folder named after a hash of the
-source, flags, PyTorch and Python, so an edit or an upgrade builds afresh and a built one is
-imported directly. Where that fails, :func:`available`
+source, flags, CPU, PyTorch and Python, so an edit, an upgrade or a cache shared with another
+CPU builds afresh and a built one is imported directly. Where building fails, :func:`available`
 is False with the reason in :func:`unavailable_reason`, and ``auto`` plans keep the eager
 kernel; ``AGILEIR_FUSED=0`` turns the kernel off without trying.
 """
@@ -29,21 +29,29 @@ import torch
 
 from agileir.models.attention.core import add_bias_and_mask
 
-__all__ = ["available", "unavailable_reason", "fused_window_attention", "FUSED_ENV"]
+__all__ = ["available", "vectorized", "state", "unavailable_reason", "fused_window_attention", "FUSED_ENV"]
 
 #: ``0`` turns the fused kernel off (auto plans keep the eager kernel); ``1`` (default) tries it
 FUSED_ENV = "AGILEIR_FUSED"
 _SOURCE = Path(__file__).with_name("csrc") / "window_attention.cpp"
 _NAME = "agileir_window_attention"
+#: -fopenmp: at::parallel_for's OpenMP backend is a header template, serial without it
+_FLAGS = ("-O3", "-march=native", "-fopenmp")
 
 
-_FLAGS = ("-O3", "-march=native", "-fopenmp-simd")
+def _cpu_signature() -> str:
+    """The instruction sets ``-march=native`` compiles for: the CPU's flags where Linux lists them."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            return next((line for line in info if line.startswith(("flags", "Features"))), platform.processor())
+    except OSError:
+        return platform.processor()
 
 
 def _build_key() -> str:
-    """What the compiled file depends on: the source, the flags, PyTorch and Python."""
+    """What the compiled file depends on: the source, the flags, the CPU, PyTorch and Python."""
     digest = hashlib.sha256(_SOURCE.read_bytes())
-    digest.update(repr((_FLAGS, torch.__version__, sys.version, platform.machine())).encode())
+    digest.update(repr((_FLAGS, _cpu_signature(), torch.__version__, sys.version, platform.machine())).encode())
     return digest.hexdigest()[:12]
 
 
@@ -72,7 +80,7 @@ def _load():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return cpp_extension.load(name=name, sources=[str(_SOURCE)], extra_cflags=list(_FLAGS),
-                                      build_directory=str(build), verbose=False)
+                                      extra_ldflags=["-fopenmp"], build_directory=str(build), verbose=False)
     except Exception as err:  # no compiler, no ninja, a build error: the eager kernel stays
         text = str(err).strip()
         return f"{type(err).__name__}: {text.splitlines()[-1] if text else ''}"[:300]
@@ -81,6 +89,20 @@ def _load():
 def available() -> bool:
     """Whether the fused kernel is built (building it now if it was not)."""
     return not isinstance(_load(), str)
+
+
+def vectorized() -> bool:
+    """Whether float32 runs the kernel's AVX2 path (built with AVX2 and FMA); elsewhere it runs
+    plain loops, correct but not measured faster than the eager kernel, so auto plans skip it."""
+    ext = _load()
+    return not isinstance(ext, str) and bool(ext.vectorized())
+
+
+def state() -> str:
+    """One line for reports: "on" (auto plans use it), or "off (why)"."""
+    if not available():
+        return f"off ({unavailable_reason()})"
+    return "on" if vectorized() else "off (built without its AVX2 path: auto plans keep the eager kernel)"
 
 
 def unavailable_reason() -> str | None:

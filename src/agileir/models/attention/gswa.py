@@ -112,34 +112,42 @@ class GroupShiftedWindowAttention(RelativePositionBias):
         q = F.conv2d(grid, conv.weight * self.scale, bias, padding=conv.padding, groups=conv.groups)
         return q.reshape(b_, d, n).transpose(1, 2), k, v
 
-    def _eager_windows(self, x: torch.Tensor, mask: torch.Tensor | None, start: int, bias: torch.Tensor,
-                       projections: list, value_width: int) -> torch.Tensor:
-        """The module's output for rows ``start ..`` of B_ (x: those rows), on the eager kernel."""
+    def _windows(self, x: torch.Tensor, mask: torch.Tensor | None, start: int, bias: torch.Tensor,
+                 projections: list, value_width: int, kernel: str) -> torch.Tensor:
+        """The module's output for rows ``start ..`` of B_ (x: those rows), on the eager or the
+        fused kernel; a chunk of rows lies inside one period of windows or covers whole periods."""
+        if kernel == "fused" and mask is not None:  # the mask rows of this chunk, as the kernel indexes them
+            s0 = start % mask.shape[0]
+            mask = mask[s0:s0 + min(x.shape[0], mask.shape[0])]
         outputs, y = [], None
         for j, x_j in enumerate(x.split(self.group_dim, dim=-1)):
             z = x_j if y is None else x_j + y
             q, k, v = self.group_qkv_projection(j, z, projections[j])
-            if v.shape[-1] < value_width:  # an int8 layer: padded after the call
-                v = F.pad(v, (0, value_width - v.shape[-1]))
-            y = group_attention(q, k, v, bias[j], mask, start)[..., :self.group_dim]
+            if kernel == "fused":
+                y = run_kernel("fused", q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), bias[j:j + 1], mask).squeeze(1)
+            else:
+                if v.shape[-1] < value_width:  # an int8 layer: padded after the call
+                    v = F.pad(v, (0, value_width - v.shape[-1]))
+                y = group_attention(q, k, v, bias[j], mask, start)[..., :self.group_dim]
             outputs.append(y)
         return self.proj(self.act(torch.cat(outputs, dim=-1)))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, kernel: str = "eager") -> torch.Tensor:
         bias = self.relative_position_bias()  # (G, N, N)
-        if kernel == "eager":
-            # v at an aligned width; without autograd, cache-sized chunks of windows run the whole
-            # cascade each, so no (all windows, N, N) tensor exists (docs/performance.md)
-            width = aligned_width(self.group_dim) if self.align_values else self.group_dim
+        if kernel in ("eager", "fused"):
+            # eager: v at an aligned width. Without autograd, cache-sized chunks of windows run the
+            # whole cascade each, so no (all windows, N, N) tensor exists (docs/performance.md)
+            align = kernel == "eager" and self.align_values
+            width = aligned_width(self.group_dim) if align else self.group_dim
             projections = self.group_projections(width)
             b_, n, _ = x.shape
             rows = default_chunk_size(b_, 1, n, 1 if mask is None else mask.shape[0],
                                       chunk_bytes=WINDOW_CHUNK_BYTES)
             if torch.is_grad_enabled() or is_exporting() or rows >= b_:
-                return self._eager_windows(x, mask, 0, bias, projections, width)
+                return self._windows(x, mask, 0, bias, projections, width, kernel)
             out = None
             for s0 in range(0, b_, rows):
-                y = self._eager_windows(x[s0:s0 + rows], mask, s0, bias, projections, width)
+                y = self._windows(x[s0:s0 + rows], mask, s0, bias, projections, width, kernel)
                 if out is None:  # in the chunks' dtype (bf16 under autocast)
                     out = y.new_empty((b_, n, y.shape[-1]))
                 out[s0:s0 + rows] = y

@@ -517,7 +517,16 @@ std::vector<at::Tensor> backward(const at::Tensor& q, const at::Tensor& k, const
 
 }  // namespace
 
+bool vectorized() {  // whether float32 takes the AVX2 path (else the plain loops, for any CPU)
+#if defined(__AVX2__) && defined(__FMA__)
+  return true;
+#else
+  return false;
+#endif
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("vectorized", &vectorized, "whether float32 runs the AVX2 path");
   m.def("forward", &forward, "fused window attention: (out, row log-sum-exp)");
   m.def("backward", &backward, "gradients of q, k, v and bias");
 }
