@@ -21,8 +21,8 @@ runtime option of :class:`~agileir.models.config.NetworkConfig`) names a policy:
 
 Wherever a policy above says "the eager kernel" on the CPU (GSWA's and SwinIR-recompute's
 training recompute; their inference on CPUs without AVX-512), the fused kernel runs instead when
-it is built (:func:`use_fused`; measured on an AVX2 CPU: the agileir-s training step 0.81x,
-inference 0.78-0.95x their time with the eager kernel, docs/performance.md; on AVX-512 CPUs,
+it is built (:func:`use_fused`; measured on an AVX2 CPU: the agileir-s training step 0.81-0.85x,
+inference about 0.94x their time with the eager kernel, docs/performance.md; on AVX-512 CPUs,
 where inference keeps SDPA, and for bf16, unmeasured). Never while exporting (it is not traceable),
 under a Python dispatch mode (FlopCounterMode and other tools that watch ATen operations would
 not see inside it) or in eval mode with gradients (attribution and tests need a
