@@ -16,6 +16,9 @@ Three implementations with identical maths:
 * :func:`sdpa_window_attention` (``kernel="sdpa"``) -- through
   :func:`torch.nn.functional.scaled_dot_product_attention` with one additive float mask.
 
+A fourth, ``kernel="fused"``, is the C++ CPU kernel of :mod:`agileir.models.attention.fused`
+(same maths, one window's scores in L1 at a time), reached through :func:`run_kernel`.
+
 :func:`run_kernel` calls one by name; which one a block uses is decided in
 :mod:`agileir.models.attention.dispatch`.
 
