@@ -158,3 +158,129 @@ def test_without_the_kernel_auto_plans_keep_the_eager_kernel():
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "the fused window-attention kernel is not available: AGILEIR_FUSED=0"
+
+
+# ---- GSWA's whole group cascade, fused per window -------------------------------------------------
+needs_cascade = pytest.mark.skipif(not fused.cascade_available(), reason=f"fused cascade not built: {fused.state()}")
+
+
+def cascade_reference(x, weight, qkv_bias, dw, dw_bias, bias, mask, m, scale):
+    """GSWA's cascade in float64, one window at a time; the depthwise conv as explicit taps."""
+    x, weight, qkv_bias, bias = x.double(), weight.double(), qkv_bias.double(), bias.double()
+    groups, e, dv = weight.shape
+    dk, n = (e - dv) // 2, x.shape[1]
+    windows = []
+    for w in range(x.shape[0]):
+        ys, y = [], None
+        for j in range(groups):
+            z = x[w, :, j * dv:(j + 1) * dv] + (0 if y is None else y)
+            qkv = z @ weight[j].T + qkv_bias[j]
+            q0, k, v = qkv[:, :dk], qkv[:, dk:2 * dk], qkv[:, 2 * dk:]
+            if dw is None:
+                q = q0 * scale
+            else:
+                ks = dw.shape[-1]
+                grid = torch.nn.functional.pad(q0.T.reshape(dk, m, m), [ks // 2] * 4)
+                q = dw_bias[j].double()[:, None, None].expand(dk, m, m).clone()
+                for a in range(ks):
+                    for b in range(ks):
+                        q = q + dw[j, :, a, b].double()[:, None, None] * grid[:, a:a + m, b:b + m]
+                q = q.reshape(dk, n).T
+            s = q @ k.T + bias[j] + (0 if mask is None else mask[w % mask.shape[0]].double())
+            y = torch.softmax(s, dim=-1) @ v
+            ys.append(y)
+        windows.append(torch.cat(ys, dim=-1))
+    return torch.stack(windows)
+
+
+CASCADES = {  # (B_, G, window m, dk, dv, depthwise kernel, mask window grid)
+    "agileir-s-shifted": (16, 6, 8, 8, 10, 3, (16, 32, 8)),
+    "no-conv-no-mask": (4, 3, 4, 4, 6, 0, None),
+    "window7-kernel5": (6, 2, 7, 5, 7, 5, (21, 14, 7)),  # N, dk, dv not multiples of 8
+}
+
+
+def _cascade_inputs(b_, groups, m, dk, dv, ks, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    make = lambda *s, std=1.0: (torch.randn(*s, generator=g) * std).requires_grad_()  # noqa: E731
+    e, n = 2 * dk + dv, m * m
+    # scales of a trained network's (logits of a few units): with much larger ones the softmax is so
+    # peaked that float32 itself (PyTorch's own kernels too) drifts by 1e-3 through six groups
+    x, weight, qkv_bias = make(b_, n, groups * dv), make(groups, e, dv, std=0.2), make(groups, e, std=0.1)
+    dw = make(groups, dk, ks, ks, std=0.2) if ks else None
+    dw_bias = make(groups, dk, std=0.1) if ks else None
+    return x, weight, qkv_bias, dw, dw_bias, make(groups, n, n, std=0.5)
+
+
+@needs_cascade
+@pytest.mark.parametrize("case", list(CASCADES), ids=list(CASCADES))
+def test_cascade_forward_and_gradients_match_the_float64_reference(case):
+    """float32 against float64: 1e-5 of the largest magnitude, what float32 rounding of sums of up
+    to 64 terms allows after six groups feed each other (each group's error enters the next)."""
+    b_, groups, m, dk, dv, ks, grid = CASCADES[case]
+    x, weight, qkv_bias, dw, dw_bias, bias = inputs = _cascade_inputs(b_, groups, m, dk, dv, ks)
+    mask = None if grid is None else shift_mask(grid[0], grid[1], grid[2], grid[2] // 2)  # -100, as the network's
+    scale = dk ** -0.5
+    out = fused.fused_gswa_cascade(x, weight, qkv_bias, dw, dw_bias, bias, mask, m, scale)
+    assert out.dtype == torch.float32 and out.shape == x.shape
+    leaves = [t for t in inputs if t is not None]
+    leaves64 = [t.detach().double().requires_grad_() for t in leaves]
+    it = iter(leaves64)
+    want = cascade_reference(*(next(it) if t is not None else None for t in inputs), mask, m, scale)
+    assert (out.double() - want).abs().max() <= 1e-5 * want.abs().max()
+    g = torch.randn(want.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    got_grads = torch.autograd.grad(out, leaves, g.float())
+    want_grads = torch.autograd.grad(want, leaves64, g)
+    for a, b in zip(got_grads, want_grads):
+        assert a.shape == b.shape
+        assert (a.double() - b).abs().max() <= 1e-5 * b.abs().max()
+
+
+@needs_cascade
+def test_cascade_is_twice_differentiable_through_its_reference():
+    x, weight, qkv_bias, dw, dw_bias, bias = _cascade_inputs(2, 2, 4, 2, 3, 3)
+    args = (dw, dw_bias, bias, None, 4, 0.5)
+    (gx,) = torch.autograd.grad(fused.fused_gswa_cascade(x, weight, qkv_bias, *args).square().sum(), x,
+                                create_graph=True)
+    (gx_ref,) = torch.autograd.grad(cascade_reference(x, weight, qkv_bias, *args).square().sum(), x,
+                                    create_graph=True)
+    (hw,) = torch.autograd.grad(gx.sum(), weight)
+    (hw_ref,) = torch.autograd.grad(gx_ref.sum(), weight)
+    assert (gx.double() - gx_ref).abs().max() <= 1e-5 * gx_ref.abs().max()
+    assert (hw.double() - hw_ref).abs().max() <= 1e-5 * hw_ref.abs().max()
+
+
+@needs_cascade
+def test_gswa_runs_the_cascade_in_float32_only(monkeypatch):
+    """The module on kernel "fused": float32 takes the cascade and matches the eager kernel (forward,
+    input and parameter gradients; inference in chunks of windows too); float64, bf16 autocast and
+    a LayerNorm on the group inputs keep the per-group path."""
+    from agileir.models.attention import gswa
+
+    calls = []
+    real = fused.fused_gswa_cascade
+    monkeypatch.setattr(fused, "fused_gswa_cascade", lambda *a: calls.append(a[0].shape[0]) or real(*a))
+    torch.manual_seed(0)
+    attn = gswa.GroupShiftedWindowAttention(60, 8, 6)
+    x = torch.randn(16, 64, 60, requires_grad=True)
+    mask = shift_mask(16, 32, 8, 4)
+    outs, grads = {}, {}
+    for kernel in ("eager", "fused"):
+        attn.zero_grad()
+        outs[kernel] = attn(x, mask, kernel=kernel)
+        grads[kernel] = torch.autograd.grad(outs[kernel].square().sum(), [x, *attn.parameters()])
+    assert calls == [16]
+    assert (outs["fused"] - outs["eager"]).abs().max() <= 1e-5 * outs["eager"].abs().max()
+    for a, b in zip(grads["fused"], grads["eager"]):
+        assert (a - b).abs().max() <= 1e-4 * b.abs().max()
+    monkeypatch.setattr(gswa, "WINDOW_CHUNK_BYTES", 4 * 64 * 64 * 4)  # chunks of 4 windows
+    with torch.no_grad():
+        chunked = attn(x, mask, kernel="fused")
+    assert calls[1:] == [4] * 4
+    assert (chunked - outs["eager"]).abs().max() <= 1e-5 * outs["eager"].abs().max()
+    calls.clear()
+    attn.double()(x.detach().double(), mask.double(), kernel="fused")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        attn.float()(x, mask, kernel="fused")
+    assert gswa.GroupShiftedWindowAttention(12, 4, 3, qkv_norm=True).cascade_parameters() is None
+    assert calls == []

@@ -99,7 +99,7 @@ def test_gswa_inference_in_chunks_of_windows_matches_reference(monkeypatch, chun
     calls = []
     attn = model.layers[0].residual_group.blocks[1].attn  # a shifted block: the mask per chunk
     original = attn._windows
-    monkeypatch.setattr(attn, "_windows", lambda x, *a: calls.append((x.shape[0], a[-1])) or original(x, *a))
+    monkeypatch.setattr(attn, "_windows", lambda x, *a: calls.append((x.shape[0], a[5])) or original(x, *a))
     got, want = R.compare_with_model(model, _input(model, 11, 13))  # 12x16 padded: 12 windows each
     assert calls == [(rows, kernel) for rows in ([4] * 6 if chunk_kib == 5 else [12, 12])]
     assert np.abs(got - want).max() <= TOL

@@ -29,7 +29,8 @@ import torch
 
 from agileir.models.attention.core import add_bias_and_mask
 
-__all__ = ["available", "vectorized", "state", "unavailable_reason", "fused_window_attention", "FUSED_ENV"]
+__all__ = ["available", "vectorized", "state", "unavailable_reason", "fused_window_attention", "cascade_available",
+           "fused_gswa_cascade", "FUSED_ENV"]
 
 #: ``0`` turns the fused kernel off (auto plans keep the eager kernel); ``1`` (default) tries it
 FUSED_ENV = "AGILEIR_FUSED"
@@ -175,4 +176,103 @@ def fused_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bi
         out = _FusedWindowAttention.apply(qq, kk, vv, bb, mm, bias is not None)
     else:
         out, _ = ext.forward(qq, kk, vv, bb, mm, False)
+    return out if out.dtype == in_dtype else out.to(in_dtype)
+
+
+def cascade_available() -> bool:
+    """Whether GSWA's whole group cascade runs fused (the AVX2 float32 path of the extension)."""
+    ext = _load()
+    return not isinstance(ext, str) and hasattr(ext, "cascade_forward")
+
+
+def gswa_cascade_reference(x: torch.Tensor, weight: torch.Tensor, qkv_bias: torch.Tensor,
+                           dw_weight: torch.Tensor | None, dw_bias: torch.Tensor | None, bias: torch.Tensor,
+                           mask: torch.Tensor | None, window: int, scale: float) -> torch.Tensor:
+    """What :func:`fused_gswa_cascade` computes, in plain PyTorch (its double backward runs here)."""
+    groups, e, dv = weight.shape
+    dk = (e - dv) // 2
+    b_, n, _ = x.shape
+    outputs, y = [], None
+    for j, x_j in enumerate(x.split(dv, dim=-1)):
+        z = x_j if y is None else x_j + y
+        q, k, v = torch.nn.functional.linear(z, weight[j], qkv_bias[j]).split([dk, dk, dv], dim=-1)
+        if dw_weight is None:
+            q = q * scale
+        else:
+            grid = q.transpose(1, 2).reshape(b_, dk, window, window)
+            q = torch.nn.functional.conv2d(grid, dw_weight[j].unsqueeze(1), dw_bias[j], padding=dw_weight.shape[-1] // 2,
+                                           groups=dk).reshape(b_, dk, n).transpose(1, 2)
+        scores = add_bias_and_mask((q @ k.transpose(1, 2)).unsqueeze(1), bias[j:j + 1], mask).squeeze(1)
+        y = scores.softmax(dim=-1) @ v
+        outputs.append(y)
+    return torch.cat(outputs, dim=-1)
+
+
+class _FusedCascade(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, qkv_bias, dw_weight, dw_bias, bias, mask, window, scale):  # type: ignore[override]
+        ctx.window, ctx.scale = window, scale
+        ctx.save_for_backward(x, weight, qkv_bias, dw_weight, dw_bias, bias, mask)
+        return _load().cascade_forward(x, weight, qkv_bias, *_taps(dw_weight, dw_bias), bias, mask, window, scale)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        x, weight, qkv_bias, dw_weight, dw_bias, bias, mask = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: differentiable gradients through the reference
+            inputs = (x, weight, qkv_bias, dw_weight, dw_bias, bias)
+            wanted = [t for t in inputs if t.numel() and t.requires_grad]
+            with torch.enable_grad():
+                ref = gswa_cascade_reference(x, weight, qkv_bias, dw_weight if dw_weight.numel() else None,
+                                             dw_bias if dw_bias.numel() else None, bias,
+                                             mask if mask.numel() else None, ctx.window, ctx.scale)
+            grads = iter(torch.autograd.grad(ref, wanted, grad_out, allow_unused=True, create_graph=True))
+            return (*(next(grads) if t.numel() and t.requires_grad else None for t in inputs), None, None, None)
+        dx, dweight, dqkv_bias, ddw, ddwb, dbias = _load().cascade_backward(
+            x, weight, qkv_bias, *_taps(dw_weight, dw_bias), bias, mask, ctx.window, ctx.scale,
+            grad_out.contiguous())
+        if dw_weight.numel():  # the kernel's (G, ks*ks, dk) back to the conv's (G, dk, ks, ks)
+            ddw = ddw.transpose(1, 2).reshape(dw_weight.shape)
+        else:
+            ddw = ddwb = None
+        return dx, dweight, dqkv_bias, ddw, ddwb, dbias, None, None, None
+
+
+def _taps(dw_weight: torch.Tensor, dw_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The depthwise weights as the kernel reads them: (G, ks*ks, dk), one tap's channels together."""
+    if not dw_weight.numel():
+        return dw_weight, dw_bias
+    g, dk = dw_weight.shape[:2]
+    return dw_weight.detach().reshape(g, dk, -1).transpose(1, 2).contiguous(), dw_bias.detach().contiguous()
+
+
+def fused_gswa_cascade(x: torch.Tensor, weight: torch.Tensor, qkv_bias: torch.Tensor,
+                       dw_weight: torch.Tensor | None, dw_bias: torch.Tensor | None, bias: torch.Tensor,
+                       mask: torch.Tensor | None, window: int, scale: float) -> torch.Tensor:
+    """GSWA's group cascade, every group of one window at a time in cache: (B_, N, G*dv) -> the
+    groups' attention outputs side by side (before the activation and output projection).
+
+    ``weight`` (G, 2 dk + dv, dv) and ``qkv_bias`` (G, 2 dk + dv): the groups' q/k/v projections;
+    ``dw_weight`` (G, dk, ks, ks) and ``dw_bias`` (G, dk): the depthwise convolution on q with the
+    query scale already folded in (None: q is multiplied by ``scale``); ``bias`` (G, N, N);
+    ``mask`` (nW, N, N) or None. Runs in float32 (other dtypes are converted); backward
+    recomputes each window's cascade, so nothing but the inputs is saved. Gradients to every
+    tensor but the mask, twice differentiable through :func:`gswa_cascade_reference`.
+    """
+    if not cascade_available():
+        raise RuntimeError(f"the fused GSWA cascade is not available: {state()}")
+    if x.device.type != "cpu":
+        raise RuntimeError("the fused GSWA cascade runs on the CPU only")
+    in_dtype = x.dtype
+    if dw_weight is not None and dw_bias is None:
+        dw_bias = dw_weight.new_zeros(dw_weight.shape[:2])
+    f32 = lambda t: t.float().contiguous()  # noqa: E731
+    empty = x.new_empty((0,), dtype=torch.float32)
+    args = (f32(x), f32(weight), f32(qkv_bias), empty if dw_weight is None else f32(dw_weight),
+            empty if dw_bias is None else f32(dw_bias), f32(bias),
+            empty if mask is None else mask.detach().float().contiguous())
+    if torch.is_grad_enabled() and any(t.requires_grad for t in args):
+        out = _FusedCascade.apply(*args, window, float(scale))
+    else:
+        out = _load().cascade_forward(args[0], args[1], args[2], *_taps(args[3], args[4]), args[5], args[6],
+                                      window, float(scale))
     return out if out.dtype == in_dtype else out.to(in_dtype)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from agileir.models.attention import fused
 from agileir.models.attention.core import (RelativePositionBias, add_bias_and_mask, add_mask, add_mask_,
                                            aligned_width)
 from agileir.models.attention.kernels import default_chunk_size, run_kernel
@@ -112,13 +113,33 @@ class GroupShiftedWindowAttention(RelativePositionBias):
         q = F.conv2d(grid, conv.weight * self.scale, bias, padding=conv.padding, groups=conv.groups)
         return q.reshape(b_, d, n).transpose(1, 2), k, v
 
+    def cascade_parameters(self) -> tuple | None:
+        """The groups' parameters as :func:`~agileir.models.attention.fused.fused_gswa_cascade`
+        takes them (the query scale folded into the depthwise conv), or None where the fused
+        cascade does not apply: not built, a LayerNorm on the group inputs, int8 projections."""
+        if (self.qkv_norm is not None or any(type(lin) is not nn.Linear for lin in self.group_qkv)
+                or not fused.cascade_available()):
+            return None
+        weight = torch.stack([lin.weight for lin in self.group_qkv])
+        qkv_bias = (weight.new_zeros(weight.shape[:2]) if self.group_qkv[0].bias is None
+                    else torch.stack([lin.bias for lin in self.group_qkv]))
+        if self.q_dwconv is None:
+            return weight, qkv_bias, None, None
+        dw_weight = torch.stack([conv.weight.squeeze(1) for conv in self.q_dwconv]) * self.scale
+        dw_bias = None if self.q_dwconv[0].bias is None else torch.stack([c.bias for c in self.q_dwconv]) * self.scale
+        return weight, qkv_bias, dw_weight, dw_bias
+
     def _windows(self, x: torch.Tensor, mask: torch.Tensor | None, start: int, bias: torch.Tensor,
-                 projections: list, value_width: int, kernel: str) -> torch.Tensor:
+                 projections: list, value_width: int, kernel: str, cascade: tuple | None = None) -> torch.Tensor:
         """The module's output for rows ``start ..`` of B_ (x: those rows), on the eager or the
-        fused kernel; a chunk of rows lies inside one period of windows or covers whole periods."""
+        fused kernel (``cascade``: the whole cascade fused, :meth:`cascade_parameters`); a chunk
+        of rows lies inside one period of windows or covers whole periods."""
         if kernel == "fused" and mask is not None:  # the mask rows of this chunk, as the kernel indexes them
             s0 = start % mask.shape[0]
             mask = mask[s0:s0 + min(x.shape[0], mask.shape[0])]
+        if cascade is not None:
+            y = fused.fused_gswa_cascade(x, *cascade[:2], *cascade[2:], bias, mask, self.window_size, self.scale)
+            return self.proj(self.act(y))
         outputs, y = [], None
         for j, x_j in enumerate(x.split(self.group_dim, dim=-1)):
             z = x_j if y is None else x_j + y
@@ -140,14 +161,18 @@ class GroupShiftedWindowAttention(RelativePositionBias):
             align = kernel == "eager" and self.align_values
             width = aligned_width(self.group_dim) if align else self.group_dim
             projections = self.group_projections(width)
+            # float32 outside autocast only: float64 keeps the per-group kernel's double path, bf16
+            # autocast its bf16 projections
+            cascade = (self.cascade_parameters() if kernel == "fused" and x.dtype == torch.float32
+                       and not torch.is_autocast_enabled(x.device.type) else None)
             b_, n, _ = x.shape
             rows = default_chunk_size(b_, 1, n, 1 if mask is None else mask.shape[0],
                                       chunk_bytes=WINDOW_CHUNK_BYTES)
             if torch.is_grad_enabled() or is_exporting() or rows >= b_:
-                return self._windows(x, mask, 0, bias, projections, width, kernel)
+                return self._windows(x, mask, 0, bias, projections, width, kernel, cascade)
             out = None
             for s0 in range(0, b_, rows):
-                y = self._windows(x[s0:s0 + rows], mask, s0, bias, projections, width, kernel)
+                y = self._windows(x[s0:s0 + rows], mask, s0, bias, projections, width, kernel, cascade)
                 if out is None:  # in the chunks' dtype (bf16 under autocast)
                     out = y.new_empty((b_, n, y.shape[-1]))
                 out[s0:s0 + rows] = y

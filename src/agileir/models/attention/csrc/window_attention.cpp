@@ -456,6 +456,314 @@ void backward_f32(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     }
   });
 }
+
+// ---- GSWA's whole group cascade per window (float32, AVX2) -------------------------------------
+// Group j of a window: z = x_j + y_{j-1}; [q0 k v] = z W_j^T + b_j; q = depthwise conv of q0 over
+// the m x m grid (scale folded into its weights by the caller) or q0 * scale; y_j = softmax(q k^T +
+// bias_j + mask) v. Out: the y_j side by side (B_, N, G * dv). Every intermediate of a window lives
+// in per-thread buffers; backward recomputes the window's cascade and runs it in reverse.
+
+struct Cascade {
+  int64_t n, groups, dk, dv, e, ep, dkp, dvp, dv4, np, m, ks;
+  float scale;
+  std::vector<float> wt;   // (G, dv, ep): W_j^T, columns past e zero
+  std::vector<float> wp;   // (G, e, dvp): W_j, columns past dv zero
+  std::vector<float> bq;   // (G, ep): b_j, zero past e
+  const float *dw, *dwb;   // (G, ks*ks, dk), (G, dk) or null
+  const float *bias, *mask;
+  int64_t nw;
+  // per-group slot sizes of a window's workspace
+  int64_t slot() const { return n * dvp + n * ep + n * dkp + n * np + n * dvp; }
+};
+
+struct Slot {  // one group's intermediates in a window
+  float *z, *qkv, *q, *p, *y;
+  Slot(float* base, const Cascade& c) {
+    z = base;
+    qkv = z + c.n * c.dvp;
+    q = qkv + c.n * c.ep;
+    p = q + c.n * c.dkp;
+    y = p + c.n * c.np;
+  }
+};
+
+// q (n x dk, row stride ldq) = wb + depthwise ks x ks conv of q0 (row stride ldp) over the m x m grid
+void dwconv_forward(const float* q0, int64_t ldp, const float* w, const float* wb, int64_t m, int64_t ks,
+                    int64_t dk, float* q, int64_t ldq) {
+  const int64_t r = ks / 2;
+  for (int64_t y = 0; y < m; ++y)
+    for (int64_t x = 0; x < m; ++x) {
+      float* out = q + (y * m + x) * ldq;
+      for (int64_t c = 0; c < dk; ++c) out[c] = wb[c];
+      for (int64_t a = std::max<int64_t>(0, r - y); a < std::min(ks, m - y + r); ++a)
+        for (int64_t b = std::max<int64_t>(0, r - x); b < std::min(ks, m - x + r); ++b) {
+          const float* in = q0 + ((y + a - r) * m + x + b - r) * ldp;
+          const float* wt = w + (a * ks + b) * dk;
+          for (int64_t c = 0; c < dk; ++c) out[c] += wt[c] * in[c];
+        }
+    }
+}
+
+// adds to dq0 (row stride ldp), dw and dwb the gradients of dwconv_forward given dq (row stride ldq)
+void dwconv_backward(const float* q0, int64_t ldp, const float* w, const float* dq, int64_t ldq, int64_t m,
+                     int64_t ks, int64_t dk, float* dq0, float* dw, float* dwb) {
+  const int64_t r = ks / 2;
+  for (int64_t y = 0; y < m; ++y)
+    for (int64_t x = 0; x < m; ++x) {
+      const float* g = dq + (y * m + x) * ldq;
+      for (int64_t c = 0; c < dk; ++c) dwb[c] += g[c];
+      for (int64_t a = std::max<int64_t>(0, r - y); a < std::min(ks, m - y + r); ++a)
+        for (int64_t b = std::max<int64_t>(0, r - x); b < std::min(ks, m - x + r); ++b) {
+          const int64_t t = (y + a - r) * m + x + b - r;
+          const float* in = q0 + t * ldp;
+          float* din = dq0 + t * ldp;
+          const float* wt = w + (a * ks + b) * dk;
+          float* dwt = dw + (a * ks + b) * dk;
+          for (int64_t c = 0; c < dk; ++c) {
+            din[c] += wt[c] * g[c];
+            dwt[c] += g[c] * in[c];
+          }
+        }
+    }
+}
+
+// Window `w`'s cascade from its tokens xw (n x G*dv). keep: every group in its own slot with P
+// normalised (for backward); else one slot reused and y written to out (n x G*dv).
+void cascade_window(const Cascade& c, int64_t w, const float* xw, float* ws, float* kt, bool keep, float* out) {
+  const int64_t n = c.n, np = c.np, cdim = c.groups * c.dv;
+  const float* mask = c.mask ? c.mask + (w % c.nw) * n * n : nullptr;
+  const float* yprev = nullptr;
+  for (int64_t j = 0; j < c.groups; ++j) {
+    Slot s(ws + (keep ? j : 0) * c.slot(), c);
+    for (int64_t i = 0; i < n; ++i) {  // z = x_j + y_{j-1}, zero-padded to dvp
+      const float* xi = xw + i * cdim + j * c.dv;
+      float* zi = s.z + i * c.dvp;
+      if (yprev) {
+        for (int64_t d = 0; d < c.dv; ++d) zi[d] = xi[d] + yprev[i * c.dvp + d];
+      } else {
+        std::memcpy(zi, xi, c.dv * sizeof(float));
+      }
+      std::fill(zi + c.dv, zi + c.dvp, 0.0f);
+      std::memcpy(s.qkv + i * c.ep, c.bq.data() + j * c.ep, c.ep * sizeof(float));
+    }
+    gemm(n, c.ep, c.dv, s.z, c.dvp, c.wt.data() + j * c.dv * c.ep, c.ep, s.qkv, c.ep, true);
+    if (c.ks) {
+      dwconv_forward(s.qkv, c.ep, c.dw + j * c.ks * c.ks * c.dk, c.dwb + j * c.dk, c.m, c.ks, c.dk, s.q, c.dkp);
+    } else {
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t d = 0; d < c.dk; ++d) s.q[i * c.dkp + d] = s.qkv[i * c.ep + d] * c.scale;
+    }
+    std::fill(kt, kt + c.dk * np, 0.0f);  // S = bias + mask + q k^T
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t d = 0; d < c.dk; ++d) kt[d * np + t] = s.qkv[t * c.ep + c.dk + d];
+    const float* bias = c.bias + j * n * n;
+    for (int64_t i = 0; i < n; ++i) {
+      float* si = s.p + i * np;
+      if (mask) {
+        for (int64_t t = 0; t < n; ++t) si[t] = bias[i * n + t] + mask[i * n + t];
+      } else {
+        std::memcpy(si, bias + i * n, n * sizeof(float));
+      }
+      std::fill(si + n, si + np, 0.0f);
+    }
+    gemm(n, np, c.dk, s.q, c.dkp, kt, np, s.p, np, true);
+    float inv[256];
+    for (int64_t i = 0; i < n; ++i) {
+      float* si = s.p + i * np;
+      const float mx = row_max(si, n);
+      inv[i] = 1.0f / exp_row(si, si, n, mx);
+      if (keep)
+        for (int64_t t = 0; t < n; ++t) si[t] *= inv[i];
+    }
+    // y = P v: v is qkv's columns 2dk.., padded with the zero columns past e
+    gemm(n, c.dvp, n, s.p, np, s.qkv + 2 * c.dk, c.ep, s.y, c.dvp, false);
+    if (!keep) {
+      for (int64_t i = 0; i < n; ++i) {
+        float* yi = s.y + i * c.dvp;
+        for (int64_t d = 0; d < c.dv; ++d) yi[d] *= inv[i];
+        std::fill(yi + c.dv, yi + c.dvp, 0.0f);
+        std::memcpy(out + i * cdim + j * c.dv, yi, c.dv * sizeof(float));
+      }
+      // the next group reads y from this slot's y after z is rewritten: keep a copy apart
+      std::memcpy(kt + c.dk * np, s.y, n * c.dvp * sizeof(float));
+      yprev = kt + c.dk * np;
+    } else {
+      for (int64_t i = 0; i < n; ++i) std::fill(s.y + i * c.dvp + c.dv, s.y + (i + 1) * c.dvp, 0.0f);
+      yprev = s.y;
+    }
+  }
+}
+
+Cascade make_cascade(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bq, const at::Tensor& dw,
+                     const at::Tensor& dwb, const at::Tensor& bias, const at::Tensor& mask, int64_t m, double scale) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 3 && x.is_contiguous(),
+              "x must be a contiguous float32 (B_, N, C) CPU tensor");
+  Cascade c;
+  c.groups = weight.size(0);
+  c.e = weight.size(1);
+  c.dv = weight.size(2);
+  c.dk = (c.e - c.dv) / 2;
+  c.n = x.size(1);
+  TORCH_CHECK(weight.dim() == 3 && weight.is_contiguous() && weight.scalar_type() == at::kFloat &&
+                  c.dk > 0 && 2 * c.dk + c.dv == c.e && x.size(2) == c.groups * c.dv,
+              "weight must be a contiguous float32 (G, 2 dk + dv, dv) with G * dv = C");
+  TORCH_CHECK(bq.is_contiguous() && bq.sizes() == at::IntArrayRef({c.groups, c.e}) && bq.scalar_type() == at::kFloat,
+              "qkv bias must be a contiguous float32 (G, 2 dk + dv)");
+  TORCH_CHECK(c.n <= 256, "windows of at most 256 tokens");
+  c.ks = dw.numel() ? static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(dw.size(1))))) : 0;
+  c.m = m;
+  c.scale = static_cast<float>(scale);
+  if (c.ks) {
+    TORCH_CHECK(m * m == c.n && dw.is_contiguous() && dw.dim() == 3 && dw.size(0) == c.groups &&
+                    dw.size(1) == c.ks * c.ks && dw.size(2) == c.dk && c.ks % 2 == 1 && dwb.is_contiguous() &&
+                    dwb.sizes() == at::IntArrayRef({c.groups, c.dk}),
+                "depthwise weights must be (G, ks*ks, dk) with odd ks, biases (G, dk), windows m x m");
+  }
+  TORCH_CHECK(bias.is_contiguous() && bias.sizes() == at::IntArrayRef({c.groups, c.n, c.n}),
+              "bias must be a contiguous (G, N, N)");
+  c.nw = mask.numel() ? mask.size(0) : 0;
+  if (c.nw)
+    TORCH_CHECK(mask.is_contiguous() && mask.dim() == 3 && mask.size(1) == c.n && mask.size(2) == c.n &&
+                    x.size(0) % c.nw == 0, "mask must be a contiguous (nW, N, N) with nW dividing B_");
+  c.dkp = round8(c.dk);
+  c.dvp = round8(c.dv);
+  c.dv4 = round4(c.dv);
+  c.np = round8(c.n);
+  c.ep = round8(std::max(c.e, 2 * c.dk + c.dvp));
+  c.ep = std::max(c.ep, round8(c.dk + c.dkp));
+  const float* wptr = weight.data_ptr<float>();
+  const float* bptr = bq.data_ptr<float>();
+  c.wt.assign(c.groups * c.dv * c.ep, 0.0f);
+  c.wp.assign(c.groups * c.e * c.dvp, 0.0f);
+  c.bq.assign(c.groups * c.ep, 0.0f);
+  for (int64_t j = 0; j < c.groups; ++j)
+    for (int64_t r = 0; r < c.e; ++r) {
+      c.bq[j * c.ep + r] = bptr[j * c.e + r];
+      for (int64_t d = 0; d < c.dv; ++d) {
+        const float wv = wptr[(j * c.e + r) * c.dv + d];
+        c.wt[(j * c.dv + d) * c.ep + r] = wv;
+        c.wp[(j * c.e + r) * c.dvp + d] = wv;
+      }
+    }
+  c.dw = c.ks ? dw.data_ptr<float>() : nullptr;
+  c.dwb = c.ks ? dwb.data_ptr<float>() : nullptr;
+  c.bias = bias.data_ptr<float>();
+  c.mask = c.nw ? mask.data_ptr<float>() : nullptr;
+  return c;
+}
+
+at::Tensor cascade_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bq, const at::Tensor& dw,
+                           const at::Tensor& dwb, const at::Tensor& bias, const at::Tensor& mask, int64_t m,
+                           double scale) {
+  const Cascade c = make_cascade(x, weight, bq, dw, dwb, bias, mask, m, scale);
+  at::Tensor out = at::empty(x.sizes(), x.options());
+  const float* xp = x.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const int64_t cdim = x.size(2);
+  at::parallel_for(0, x.size(0), 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> ws(c.slot()), kt(c.dk * c.np + c.n * c.dvp);
+    for (int64_t w = begin; w < end; ++w)
+      cascade_window(c, w, xp + w * c.n * cdim, ws.data(), kt.data(), false, op + w * c.n * cdim);
+  });
+  return out;
+}
+
+// gradients of x, weight, qkv bias, depthwise weight and bias, and relative-position bias
+std::vector<at::Tensor> cascade_backward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bq,
+                                         const at::Tensor& dw, const at::Tensor& dwb, const at::Tensor& bias,
+                                         const at::Tensor& mask, int64_t m, double scale, const at::Tensor& grad) {
+  const Cascade c = make_cascade(x, weight, bq, dw, dwb, bias, mask, m, scale);
+  TORCH_CHECK(grad.is_contiguous() && grad.sizes() == x.sizes() && grad.scalar_type() == at::kFloat,
+              "grad must be a contiguous float32 shaped like x");
+  const int64_t threads = at::get_num_threads(), n = c.n, np = c.np, G = c.groups, cdim = x.size(2);
+  const int64_t kk = c.ks * c.ks;
+  at::Tensor dx = at::empty(x.sizes(), x.options());
+  at::Tensor dwt_t = at::zeros({threads, G, c.dv4, c.ep}, x.options());  // dW_j^T per thread
+  at::Tensor db_t = at::zeros({threads, G, c.ep}, x.options());
+  at::Tensor ddw_t = at::zeros({threads, G, std::max<int64_t>(kk, 1), c.dk}, x.options());
+  at::Tensor ddwb_t = at::zeros({threads, G, c.dk}, x.options());
+  at::Tensor dbias_t = at::zeros({threads, G, n, n}, x.options());
+  const float* xp = x.data_ptr<float>();
+  const float* gp = grad.data_ptr<float>();
+  float* dxp = dx.data_ptr<float>();
+  at::parallel_for(0, x.size(0), 1, [&](int64_t begin, int64_t end) {
+    const int64_t tid = at::get_thread_num();
+    float* dwt = dwt_t.data_ptr<float>() + tid * G * c.dv4 * c.ep;
+    float* db = db_t.data_ptr<float>() + tid * G * c.ep;
+    float* ddw = ddw_t.data_ptr<float>() + tid * G * std::max<int64_t>(kk, 1) * c.dk;
+    float* ddwb = ddwb_t.data_ptr<float>() + tid * G * c.dk;
+    float* dbias = dbias_t.data_ptr<float>() + tid * G * n * n;
+    std::vector<float> ws(G * c.slot()), kt(c.dk * np + n * c.dvp), gy(n * c.dvp), gz(n * c.dvp), ds(n * np),
+        vt(c.dvp * np), dq(n * c.dkp), tq(round4(c.dk) * n), tg(c.dv4 * n), tz(c.dv4 * n),
+        buf(round4(std::max(c.dk, c.dv)) * np), dqkv(n * c.ep);
+    for (int64_t w = begin; w < end; ++w) {
+      const float* xw = xp + w * n * cdim;
+      const float* gw = gp + w * n * cdim;
+      float* dxw = dxp + w * n * cdim;
+      cascade_window(c, w, xw, ws.data(), kt.data(), true, nullptr);
+      for (int64_t j = G - 1; j >= 0; --j) {
+        Slot s(ws.data() + j * c.slot(), c);
+        for (int64_t i = 0; i < n; ++i) {  // gy = dOut_j + the next group's dz (its input took y_j)
+          float* gi = gy.data() + i * c.dvp;
+          const float* go = gw + i * cdim + j * c.dv;
+          for (int64_t d = 0; d < c.dv; ++d) gi[d] = go[d] + (j + 1 < G ? gz[i * c.dvp + d] : 0.0f);
+          std::fill(gi + c.dv, gi + c.dvp, 0.0f);
+        }
+        std::fill(vt.begin(), vt.end(), 0.0f);
+        for (int64_t t = 0; t < n; ++t)
+          for (int64_t d = 0; d < c.dv; ++d) vt[d * np + t] = s.qkv[t * c.ep + 2 * c.dk + d];
+        gemm(n, np, c.dvp, gy.data(), c.dvp, vt.data(), np, ds.data(), np, false);  // dP = gy v^T
+        float* dbj = dbias + j * n * n;
+        for (int64_t i = 0; i < n; ++i) {  // dS = P (dP - rowsum(gy y))
+          float delta = 0.0f;
+          for (int64_t d = 0; d < c.dv; ++d) delta += gy[i * c.dvp + d] * s.y[i * c.dvp + d];
+          float* dsi = ds.data() + i * np;
+          const float* pi = s.p + i * np;
+          for (int64_t t = 0; t < n; ++t) {
+            dsi[t] = pi[t] * (dsi[t] - delta);
+            dbj[i * n + t] += dsi[t];
+          }
+          std::fill(dsi + n, dsi + np, 0.0f);
+        }
+        gemm(n, c.dkp, n, ds.data(), np, s.qkv + c.dk, c.ep, dq.data(), c.dkp, false);  // dq = dS k
+        std::fill(tq.begin(), tq.end(), 0.0f);
+        for (int64_t t = 0; t < n; ++t)
+          for (int64_t d = 0; d < c.dk; ++d) tq[d * n + t] = s.q[t * c.dkp + d];
+        std::fill(dqkv.begin(), dqkv.end(), 0.0f);
+        gemm(round4(c.dk), np, n, tq.data(), n, ds.data(), np, buf.data(), np, false);  // dk^T = q^T dS
+        for (int64_t t = 0; t < n; ++t)
+          for (int64_t d = 0; d < c.dk; ++d) dqkv[t * c.ep + c.dk + d] = buf[d * np + t];
+        std::fill(tg.begin(), tg.end(), 0.0f);
+        for (int64_t t = 0; t < n; ++t)
+          for (int64_t d = 0; d < c.dv; ++d) tg[d * n + t] = gy[t * c.dvp + d];
+        gemm(c.dv4, np, n, tg.data(), n, s.p, np, buf.data(), np, false);  // dv^T = gy^T P
+        for (int64_t t = 0; t < n; ++t)
+          for (int64_t d = 0; d < c.dv; ++d) dqkv[t * c.ep + 2 * c.dk + d] = buf[d * np + t];
+        if (c.ks) {
+          dwconv_backward(s.qkv, c.ep, c.dw + j * kk * c.dk, dq.data(), c.dkp, c.m, c.ks, c.dk, dqkv.data(),
+                          ddw + j * kk * c.dk, ddwb + j * c.dk);
+        } else {
+          for (int64_t t = 0; t < n; ++t)
+            for (int64_t d = 0; d < c.dk; ++d) dqkv[t * c.ep + d] = dq[t * c.dkp + d] * c.scale;
+        }
+        std::fill(tz.begin(), tz.end(), 0.0f);
+        for (int64_t t = 0; t < n; ++t)
+          for (int64_t d = 0; d < c.dv; ++d) tz[d * n + t] = s.z[t * c.dvp + d];
+        gemm(c.dv4, c.ep, n, tz.data(), n, dqkv.data(), c.ep, dwt + j * c.dv4 * c.ep, c.ep, true);  // dW^T += z^T dqkv
+        float* dbq = db + j * c.ep;
+        for (int64_t t = 0; t < n; ++t)
+          for (int64_t r = 0; r < c.e; ++r) dbq[r] += dqkv[t * c.ep + r];
+        gemm(n, c.dvp, c.e, dqkv.data(), c.ep, c.wp.data() + j * c.e * c.dvp, c.dvp, gz.data(), c.dvp, false);
+        for (int64_t i = 0; i < n; ++i) std::memcpy(dxw + i * cdim + j * c.dv, gz.data() + i * c.dvp, c.dv * sizeof(float));
+      }
+    }
+  });
+  at::Tensor dweight = dwt_t.sum(0).narrow(1, 0, c.dv).narrow(2, 0, c.e).transpose(1, 2).contiguous();
+  at::Tensor dbq = db_t.sum(0).narrow(1, 0, c.e).contiguous();
+  at::Tensor ddw = c.ks ? ddw_t.sum(0) : at::empty({0}, x.options());
+  at::Tensor ddwb = c.ks ? ddwb_t.sum(0) : at::empty({0}, x.options());
+  return {dx, dweight, dbq, ddw, ddwb, dbias_t.sum(0)};
+}
 #endif
 
 void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,
@@ -527,6 +835,10 @@ bool vectorized() {  // whether float32 takes the AVX2 path (else the plain loop
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("vectorized", &vectorized, "whether float32 runs the AVX2 path");
+#if defined(__AVX2__) && defined(__FMA__)
+  m.def("cascade_forward", &cascade_forward, "GSWA's group cascade, fused per window (float32)");
+  m.def("cascade_backward", &cascade_backward, "gradients of the fused GSWA cascade");
+#endif
   m.def("forward", &forward, "fused window attention: (out, row log-sum-exp)");
   m.def("backward", &backward, "gradients of q, k, v and bias");
 }
