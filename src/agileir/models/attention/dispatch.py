@@ -17,12 +17,14 @@ runtime option of :class:`~agileir.models.config.NetworkConfig`) names a policy:
 * ``eager``, ``chunked``, ``sdpa``, ``fused`` -- that kernel always, no block recompute. ``chunked``
   is the flash-style kernel of :mod:`agileir.models.attention.kernels` that saves the row
   log-sum-exp instead of the N x N probabilities; ``fused`` the C++ CPU kernel of
-  :mod:`agileir.models.attention.fused` (one window's scores in L1 at a time).
+  :mod:`agileir.models.attention.fused` (one window's scores in L1 at a time; for GSWA in
+  float32, the whole group cascade of a window per call).
 
 Wherever a policy above says "the eager kernel" on the CPU (GSWA's and SwinIR-recompute's
 training recompute; their inference on CPUs without AVX-512), the fused kernel runs instead when
 it is built (:func:`use_fused`; measured on an AVX2 CPU: the agileir-s training step 0.81-0.85x,
-inference about 0.94x their time with the eager kernel, docs/performance.md; on AVX-512 CPUs,
+inference about 0.94x their time with the eager kernel, and GSWA's whole cascade in it a further
+0.87-0.90x and 0.74-0.89x, docs/performance.md; on AVX-512 CPUs,
 where inference keeps SDPA, and for bf16, unmeasured). Never while exporting (it is not traceable),
 under a Python dispatch mode (FlopCounterMode and other tools that watch ATen operations would
 not see inside it) or in eval mode with gradients (attribution and tests need a

@@ -5,6 +5,11 @@ L1 instead of (windows, N, N) tensors in memory; backward recomputes the probabi
 row log-sum-exp, so it saves what :func:`~agileir.models.attention.kernels.chunked_window_attention`
 saves (q, k, v, bias, mask, output, log-sum-exp). Source: ``csrc/window_attention.cpp``.
 
+The same extension fuses GSWA's whole group cascade (:func:`fused_gswa_cascade`: per window,
+each group's projection, depthwise convolution on q, attention and the next group's input, so
+none of the per-group small tensors reaches memory); GSWA takes it for float32 wherever it runs
+on kernel "fused" (:meth:`~agileir.models.attention.gswa.GroupShiftedWindowAttention.cascade_parameters`).
+
 The extension is compiled once per machine with PyTorch's own JIT builder
 (:func:`torch.utils.cpp_extension.load`, a C++ compiler and ninja needed, ``-march=native``)
 into PyTorch's extension cache (``TORCH_EXTENSIONS_DIR``), in a folder named after a hash of the

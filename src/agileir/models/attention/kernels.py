@@ -17,7 +17,8 @@ Three implementations with identical maths:
   :func:`torch.nn.functional.scaled_dot_product_attention` with one additive float mask.
 
 A fourth, ``kernel="fused"``, is the C++ CPU kernel of :mod:`agileir.models.attention.fused`
-(same maths, one window's scores in L1 at a time), reached through :func:`run_kernel`.
+(same maths, one window's scores in L1 at a time), reached through :func:`run_kernel`; GSWA
+calls its whole-cascade entry point itself (:func:`~agileir.models.attention.fused.fused_gswa_cascade`).
 
 :func:`run_kernel` calls one by name; which one a block uses is decided in
 :mod:`agileir.models.attention.dispatch`.

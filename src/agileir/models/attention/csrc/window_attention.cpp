@@ -11,6 +11,9 @@
 // contiguous or empty, window w of image b being row b * nW + w of B_. q arrives scaled.
 // Probabilities below exp(-60) of a row's maximum are set to zero (as the chunked kernel of
 // kernels.py floors them): no float32 subnormal ever enters a product.
+//
+// The float32 AVX2 build also fuses GSWA's whole group cascade per window (cascade_forward /
+// cascade_backward, below the attention kernels).
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -46,7 +49,7 @@ float exp_row(const float* x, float* p, int64_t n, float shift) {
   __m256 acc = _mm256_setzero_ps();
   for (; j + 8 <= n; j += 8) {
     __m256 xv = _mm256_sub_ps(_mm256_loadu_ps(x + j), sh);
-    __m256 keep = _mm256_cmp_ps(xv, floor, _CMP_GT_OQ);  // also drops -inf and NaN-free masks
+    __m256 keep = _mm256_cmp_ps(xv, floor, _CMP_GT_OQ);  // false for -inf (masked pairs): exact zeros
     xv = _mm256_max_ps(xv, floor);
     __m256 k = _mm256_round_ps(_mm256_mul_ps(xv, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 r = _mm256_fnmadd_ps(k, ln2_hi, xv);
