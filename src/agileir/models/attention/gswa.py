@@ -138,7 +138,7 @@ class GroupShiftedWindowAttention(RelativePositionBias):
             s0 = start % mask.shape[0]
             mask = mask[s0:s0 + min(x.shape[0], mask.shape[0])]
         if cascade is not None:
-            y = fused.fused_gswa_cascade(x, *cascade[:2], *cascade[2:], bias, mask, self.window_size, self.scale)
+            y = fused.fused_gswa_cascade(x, *cascade, bias, mask, self.window_size, self.scale)
             return self.proj(self.act(y))
         outputs, y = [], None
         for j, x_j in enumerate(x.split(self.group_dim, dim=-1)):
@@ -160,11 +160,11 @@ class GroupShiftedWindowAttention(RelativePositionBias):
             # whole cascade each, so no (all windows, N, N) tensor exists (docs/performance.md)
             align = kernel == "eager" and self.align_values
             width = aligned_width(self.group_dim) if align else self.group_dim
-            projections = self.group_projections(width)
             # float32 outside autocast only: float64 keeps the per-group kernel's double path, bf16
             # autocast its bf16 projections
             cascade = (self.cascade_parameters() if kernel == "fused" and x.dtype == torch.float32
                        and not torch.is_autocast_enabled(x.device.type) else None)
+            projections = self.group_projections(width) if cascade is None else []
             b_, n, _ = x.shape
             rows = default_chunk_size(b_, 1, n, 1 if mask is None else mask.shape[0],
                                       chunk_bytes=WINDOW_CHUNK_BYTES)

@@ -332,11 +332,8 @@ void copy_rows(const float* src, int64_t sn, int64_t n, int64_t d, float* dst, i
   }
 }
 
-// S (n x np) = bias + mask + Q K^T for window (b, h); kt (dk x np) is filled here.
-void window_scores(const View4<float>& qv, const View4<float>& kv, int64_t b, int64_t h, int64_t n, int64_t np,
-                   int64_t dk, const float* bias, const float* mask, float* kt, float* s) {
-  std::fill(kt, kt + dk * np, 0.0f);
-  transpose_rows(kv, b, h, n, dk, kt, np);
+// S (n x np) = bias + mask (mask may be null), columns past n zero: the scores' start
+void bias_and_mask_rows(const float* bias, const float* mask, int64_t n, int64_t np, float* s) {
   for (int64_t i = 0; i < n; ++i) {
     float* si = s + i * np;
     const float* bi = bias + i * n;
@@ -348,6 +345,14 @@ void window_scores(const View4<float>& qv, const View4<float>& kv, int64_t b, in
     }
     std::fill(si + n, si + np, 0.0f);
   }
+}
+
+// S (n x np) = bias + mask + Q K^T for window (b, h); kt (dk x np) is filled here.
+void window_scores(const View4<float>& qv, const View4<float>& kv, int64_t b, int64_t h, int64_t n, int64_t np,
+                   int64_t dk, const float* bias, const float* mask, float* kt, float* s) {
+  std::fill(kt, kt + dk * np, 0.0f);
+  transpose_rows(kv, b, h, n, dk, kt, np);
+  bias_and_mask_rows(bias, mask, n, np, s);
   gemm(n, np, dk, qv.row(b, h, 0), qv.sn, kt, np, s, np, true);
 }
 
@@ -559,16 +564,7 @@ void cascade_window(const Cascade& c, int64_t w, const float* xw, float* ws, flo
     std::fill(kt, kt + c.dk * np, 0.0f);  // S = bias + mask + q k^T
     for (int64_t t = 0; t < n; ++t)
       for (int64_t d = 0; d < c.dk; ++d) kt[d * np + t] = s.qkv[t * c.ep + c.dk + d];
-    const float* bias = c.bias + j * n * n;
-    for (int64_t i = 0; i < n; ++i) {
-      float* si = s.p + i * np;
-      if (mask) {
-        for (int64_t t = 0; t < n; ++t) si[t] = bias[i * n + t] + mask[i * n + t];
-      } else {
-        std::memcpy(si, bias + i * n, n * sizeof(float));
-      }
-      std::fill(si + n, si + np, 0.0f);
-    }
+    bias_and_mask_rows(c.bias + j * n * n, mask, n, np, s.p);
     gemm(n, np, c.dk, s.q, c.dkp, kt, np, s.p, np, true);
     float inv[256];
     for (int64_t i = 0; i < n; ++i) {
