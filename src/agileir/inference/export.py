@@ -90,13 +90,14 @@ def sample_input(config: NetworkConfig, size: tuple[int, int], batch: int = 1, s
 @contextlib.contextmanager
 def _quiet_export() -> Iterator[None]:
     """Silence what torch says on every export: deprecation notices of the TorchScript paths,
-    the tracer's note on the network's constant input-channel check, the dynamo exporter's log."""
+    the tracer's notes on the models' shape checks (static widths and channels, constant in the
+    graph by design), the dynamo exporter's log."""
     log = logging.getLogger("torch.onnx")
     level = log.level
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"agileir\.models\.network")
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"agileir\.models\.")
         warnings.filterwarnings("ignore", message=r".*dynamic_axes.*not recommended.*")
         log.setLevel(logging.ERROR)
         try:

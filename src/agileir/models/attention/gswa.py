@@ -165,10 +165,13 @@ class GroupShiftedWindowAttention(RelativePositionBias):
             cascade = (self.cascade_parameters() if kernel == "fused" and x.dtype == torch.float32
                        and not torch.is_autocast_enabled(x.device.type) else None)
             projections = self.group_projections(width) if cascade is None else []
+            # whole: with autograd, in an exported graph, and on meta tensors (FLOP counting), which
+            # hold no memory, so chunks would only multiply the counter's dispatch calls
             b_, n, _ = x.shape
-            rows = default_chunk_size(b_, 1, n, 1 if mask is None else mask.shape[0],
-                                      chunk_bytes=WINDOW_CHUNK_BYTES)
-            if torch.is_grad_enabled() or is_exporting() or rows >= b_:
+            whole = torch.is_grad_enabled() or is_exporting() or x.is_meta
+            rows = b_ if whole else default_chunk_size(b_, 1, n, 1 if mask is None else mask.shape[0],
+                                                       chunk_bytes=WINDOW_CHUNK_BYTES)
+            if rows >= b_:
                 return self._windows(x, mask, 0, bias, projections, width, kernel, cascade)
             out = None
             for s0 in range(0, b_, rows):
