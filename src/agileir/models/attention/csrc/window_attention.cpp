@@ -244,9 +244,30 @@ void backward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
 int64_t round8(int64_t x) { return (x + 7) / 8 * 8; }
 int64_t round4(int64_t x) { return (x + 3) / 4 * 4; }
 
-// C (M x NC, ldc) = [C +] A (M x K, lda) B (K x NC, ldb); NC a multiple of 8.
-void gemm(int64_t M, int64_t NC, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
-          int64_t ldc, bool accumulate) {
+// What a product's C starts from, 8 columns (j .. j+7) of row i at a time.
+struct Zeros {
+  __m256 operator()(int64_t, int64_t) const { return _mm256_setzero_ps(); }
+};
+struct Rows {  // a matrix (ld 0: one row for every i)
+  const float* p;
+  int64_t ld;
+  __m256 operator()(int64_t i, int64_t j) const { return _mm256_loadu_ps(p + i * ld + j); }
+};
+struct RowsSum {  // the sum of two matrices (the relative-position bias and a window's shift mask)
+  const float *p, *q;
+  int64_t ld;
+  __m256 operator()(int64_t i, int64_t j) const {
+    return _mm256_add_ps(_mm256_loadu_ps(p + i * ld + j), _mm256_loadu_ps(q + i * ld + j));
+  }
+};
+
+// C (M x NC, ldc) = init + A (M x K) B (K x NC, ldb); NC a multiple of 8. A's element (i, k) is
+// A[i * lda + k * sa]: sa 1 for a row-major A, lda 1 for a transposed one (A is only ever read one
+// element at a time, so q^T, dS^T, P^T or z^T need no copy). init(i, j) gives C's start for 8
+// columns, so a bias row, a score prefill or C itself costs no pass of its own.
+template <typename Init>
+void gemm_from(int64_t M, int64_t NC, int64_t K, const float* A, int64_t lda, int64_t sa, const float* B, int64_t ldb,
+               float* C, int64_t ldc, const Init& init) {
   int64_t i = 0;
   for (; i + 4 <= M; i += 4) {
     const float* a0 = A + i * lda;
@@ -256,25 +277,19 @@ void gemm(int64_t M, int64_t NC, int64_t K, const float* A, int64_t lda, const f
     float* c = C + i * ldc;
     int64_t j = 0;
     for (; j + 16 <= NC; j += 16) {
-      __m256 c00, c01, c10, c11, c20, c21, c30, c31;
-      if (accumulate) {
-        c00 = _mm256_loadu_ps(c + j), c01 = _mm256_loadu_ps(c + j + 8);
-        c10 = _mm256_loadu_ps(c + ldc + j), c11 = _mm256_loadu_ps(c + ldc + j + 8);
-        c20 = _mm256_loadu_ps(c + 2 * ldc + j), c21 = _mm256_loadu_ps(c + 2 * ldc + j + 8);
-        c30 = _mm256_loadu_ps(c + 3 * ldc + j), c31 = _mm256_loadu_ps(c + 3 * ldc + j + 8);
-      } else {
-        c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = _mm256_setzero_ps();
-      }
+      __m256 c00 = init(i, j), c01 = init(i, j + 8), c10 = init(i + 1, j), c11 = init(i + 1, j + 8),
+             c20 = init(i + 2, j), c21 = init(i + 2, j + 8), c30 = init(i + 3, j), c31 = init(i + 3, j + 8);
       const float* b = B + j;
       for (int64_t kk = 0; kk < K; ++kk, b += ldb) {
         const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
-        __m256 a = _mm256_broadcast_ss(a0 + kk);
+        const int64_t o = kk * sa;
+        __m256 a = _mm256_broadcast_ss(a0 + o);
         c00 = _mm256_fmadd_ps(a, b0, c00), c01 = _mm256_fmadd_ps(a, b1, c01);
-        a = _mm256_broadcast_ss(a1 + kk);
+        a = _mm256_broadcast_ss(a1 + o);
         c10 = _mm256_fmadd_ps(a, b0, c10), c11 = _mm256_fmadd_ps(a, b1, c11);
-        a = _mm256_broadcast_ss(a2 + kk);
+        a = _mm256_broadcast_ss(a2 + o);
         c20 = _mm256_fmadd_ps(a, b0, c20), c21 = _mm256_fmadd_ps(a, b1, c21);
-        a = _mm256_broadcast_ss(a3 + kk);
+        a = _mm256_broadcast_ss(a3 + o);
         c30 = _mm256_fmadd_ps(a, b0, c30), c31 = _mm256_fmadd_ps(a, b1, c31);
       }
       _mm256_storeu_ps(c + j, c00), _mm256_storeu_ps(c + j + 8, c01);
@@ -288,19 +303,18 @@ void gemm(int64_t M, int64_t NC, int64_t K, const float* A, int64_t lda, const f
     int64_t r = 0;
     for (; r + 8 <= i; r += 8) {
       __m256 acc[8];
-      for (int t = 0; t < 8; ++t)
-        acc[t] = accumulate ? _mm256_loadu_ps(C + (r + t) * ldc + nc16) : _mm256_setzero_ps();
+      for (int t = 0; t < 8; ++t) acc[t] = init(r + t, nc16);
       const float* b = B + nc16;
       for (int64_t kk = 0; kk < K; ++kk, b += ldb) {
         const __m256 b0 = _mm256_loadu_ps(b);
-        for (int t = 0; t < 8; ++t) acc[t] = _mm256_fmadd_ps(_mm256_broadcast_ss(A + (r + t) * lda + kk), b0, acc[t]);
+        for (int t = 0; t < 8; ++t) acc[t] = _mm256_fmadd_ps(_mm256_broadcast_ss(A + (r + t) * lda + kk * sa), b0, acc[t]);
       }
       for (int t = 0; t < 8; ++t) _mm256_storeu_ps(C + (r + t) * ldc + nc16, acc[t]);
     }
     for (; r < i; ++r) {
-      __m256 c0 = accumulate ? _mm256_loadu_ps(C + r * ldc + nc16) : _mm256_setzero_ps();
+      __m256 c0 = init(r, nc16);
       const float* b = B + nc16;
-      for (int64_t kk = 0; kk < K; ++kk, b += ldb) c0 = _mm256_fmadd_ps(_mm256_broadcast_ss(A + r * lda + kk), _mm256_loadu_ps(b), c0);
+      for (int64_t kk = 0; kk < K; ++kk, b += ldb) c0 = _mm256_fmadd_ps(_mm256_broadcast_ss(A + r * lda + kk * sa), _mm256_loadu_ps(b), c0);
       _mm256_storeu_ps(C + r * ldc + nc16, c0);
     }
   }
@@ -308,12 +322,21 @@ void gemm(int64_t M, int64_t NC, int64_t K, const float* A, int64_t lda, const f
     const float* a0 = A + i * lda;
     float* c = C + i * ldc;
     for (int64_t j = 0; j < NC; j += 8) {
-      __m256 c0 = accumulate ? _mm256_loadu_ps(c + j) : _mm256_setzero_ps();
+      __m256 c0 = init(i, j);
       const float* b = B + j;
-      for (int64_t kk = 0; kk < K; ++kk, b += ldb) c0 = _mm256_fmadd_ps(_mm256_broadcast_ss(a0 + kk), _mm256_loadu_ps(b), c0);
+      for (int64_t kk = 0; kk < K; ++kk, b += ldb) c0 = _mm256_fmadd_ps(_mm256_broadcast_ss(a0 + kk * sa), _mm256_loadu_ps(b), c0);
       _mm256_storeu_ps(c + j, c0);
     }
   }
+}
+
+// C (M x NC, ldc) = [C +] A (M x K, lda) B (K x NC, ldb); NC a multiple of 8.
+void gemm(int64_t M, int64_t NC, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+          int64_t ldc, bool accumulate) {
+  if (accumulate)
+    gemm_from(M, NC, K, A, lda, 1, B, ldb, C, ldc, Rows{C, ldc});
+  else
+    gemm_from(M, NC, K, A, lda, 1, B, ldb, C, ldc, Zeros{});
 }
 
 // rows (n x d of a View4 window) into dst (d x ld), columns past n untouched
@@ -478,7 +501,9 @@ struct Cascade {
   std::vector<float> wp;   // (G, e, dvp): W_j, columns past dv zero
   std::vector<float> bq;   // (G, ep): b_j, zero past e
   const float *dw, *dwb;   // (G, ks*ks, dk), (G, dk) or null
-  const float *bias, *mask;
+  std::vector<float> bias;  // (G, n, np): the relative-position bias, columns past n zero
+  std::vector<float> mask;  // (nW, n, np) likewise, or empty
+  std::vector<char> mask_zero;  // per mask window: all zero (every window but the last row and column's)
   int64_t nw;
   // per-group slot sizes of a window's workspace
   int64_t slot() const { return n * dvp + n * ep + n * dkp + n * np + n * dvp; }
@@ -499,6 +524,19 @@ struct Slot {  // one group's intermediates in a window
 void dwconv_forward(const float* q0, int64_t ldp, const float* w, const float* wb, int64_t m, int64_t ks,
                     int64_t dk, float* q, int64_t ldq) {
   const int64_t r = ks / 2;
+  if (dk % 8 == 0) {  // 8 channels per register
+    for (int64_t y = 0; y < m; ++y)
+      for (int64_t x = 0; x < m; ++x)
+        for (int64_t c = 0; c < dk; c += 8) {
+          __m256 acc = _mm256_loadu_ps(wb + c);
+          for (int64_t a = std::max<int64_t>(0, r - y); a < std::min(ks, m - y + r); ++a)
+            for (int64_t b = std::max<int64_t>(0, r - x); b < std::min(ks, m - x + r); ++b)
+              acc = _mm256_fmadd_ps(_mm256_loadu_ps(w + (a * ks + b) * dk + c),
+                                    _mm256_loadu_ps(q0 + ((y + a - r) * m + x + b - r) * ldp + c), acc);
+          _mm256_storeu_ps(q + (y * m + x) * ldq + c, acc);
+        }
+    return;
+  }
   for (int64_t y = 0; y < m; ++y)
     for (int64_t x = 0; x < m; ++x) {
       float* out = q + (y * m + x) * ldq;
@@ -527,7 +565,13 @@ void dwconv_backward(const float* q0, int64_t ldp, const float* w, const float* 
           float* din = dq0 + t * ldp;
           const float* wt = w + (a * ks + b) * dk;
           float* dwt = dw + (a * ks + b) * dk;
-          for (int64_t c = 0; c < dk; ++c) {
+          int64_t c = 0;
+          for (; c + 8 <= dk; c += 8) {
+            const __m256 gc = _mm256_loadu_ps(g + c);
+            _mm256_storeu_ps(din + c, _mm256_fmadd_ps(_mm256_loadu_ps(wt + c), gc, _mm256_loadu_ps(din + c)));
+            _mm256_storeu_ps(dwt + c, _mm256_fmadd_ps(gc, _mm256_loadu_ps(in + c), _mm256_loadu_ps(dwt + c)));
+          }
+          for (; c < dk; ++c) {
             din[c] += wt[c] * g[c];
             dwt[c] += g[c] * in[c];
           }
@@ -536,25 +580,26 @@ void dwconv_backward(const float* q0, int64_t ldp, const float* w, const float* 
 }
 
 // Window `w`'s cascade from its tokens xw (n x G*dv). keep: every group in its own slot with P
-// normalised (for backward); else one slot reused and y written to out (n x G*dv).
+// normalised (for backward); else two slots in turn (group j reads y of j - 1) and y written to
+// out (n x G*dv). kt: dk x np.
 void cascade_window(const Cascade& c, int64_t w, const float* xw, float* ws, float* kt, bool keep, float* out) {
   const int64_t n = c.n, np = c.np, cdim = c.groups * c.dv;
-  const float* mask = c.mask ? c.mask + (w % c.nw) * n * n : nullptr;
+  const float* mask = c.nw && !c.mask_zero[w % c.nw] ? c.mask.data() + (w % c.nw) * n * np : nullptr;
   const float* yprev = nullptr;
   for (int64_t j = 0; j < c.groups; ++j) {
-    Slot s(ws + (keep ? j : 0) * c.slot(), c);
-    for (int64_t i = 0; i < n; ++i) {  // z = x_j + y_{j-1}, zero-padded to dvp
+    Slot s(ws + (keep ? j : j % 2) * c.slot(), c);
+    // z = x_j + y_{j-1} (columns past dv are never read: short loops, no library calls)
+    for (int64_t i = 0; i < n; ++i) {
       const float* xi = xw + i * cdim + j * c.dv;
       float* zi = s.z + i * c.dvp;
       if (yprev) {
         for (int64_t d = 0; d < c.dv; ++d) zi[d] = xi[d] + yprev[i * c.dvp + d];
       } else {
-        std::memcpy(zi, xi, c.dv * sizeof(float));
+        for (int64_t d = 0; d < c.dv; ++d) zi[d] = xi[d];
       }
-      std::fill(zi + c.dv, zi + c.dvp, 0.0f);
-      std::memcpy(s.qkv + i * c.ep, c.bq.data() + j * c.ep, c.ep * sizeof(float));
     }
-    gemm(n, c.ep, c.dv, s.z, c.dvp, c.wt.data() + j * c.dv * c.ep, c.ep, s.qkv, c.ep, true);
+    gemm_from(n, c.ep, c.dv, s.z, c.dvp, 1, c.wt.data() + j * c.dv * c.ep, c.ep, s.qkv, c.ep,
+              Rows{c.bq.data() + j * c.ep, 0});
     if (c.ks) {
       dwconv_forward(s.qkv, c.ep, c.dw + j * c.ks * c.ks * c.dk, c.dwb + j * c.dk, c.m, c.ks, c.dk, s.q, c.dkp);
     } else {
@@ -564,8 +609,11 @@ void cascade_window(const Cascade& c, int64_t w, const float* xw, float* ws, flo
     std::fill(kt, kt + c.dk * np, 0.0f);  // S = bias + mask + q k^T
     for (int64_t t = 0; t < n; ++t)
       for (int64_t d = 0; d < c.dk; ++d) kt[d * np + t] = s.qkv[t * c.ep + c.dk + d];
-    bias_and_mask_rows(c.bias + j * n * n, mask, n, np, s.p);
-    gemm(n, np, c.dk, s.q, c.dkp, kt, np, s.p, np, true);
+    const float* bias = c.bias.data() + j * n * np;
+    if (mask)
+      gemm_from(n, np, c.dk, s.q, c.dkp, 1, kt, np, s.p, np, RowsSum{bias, mask, np});
+    else
+      gemm_from(n, np, c.dk, s.q, c.dkp, 1, kt, np, s.p, np, Rows{bias, np});
     float inv[256];
     for (int64_t i = 0; i < n; ++i) {
       float* si = s.p + i * np;
@@ -574,22 +622,16 @@ void cascade_window(const Cascade& c, int64_t w, const float* xw, float* ws, flo
       if (keep)
         for (int64_t t = 0; t < n; ++t) si[t] *= inv[i];
     }
-    // y = P v: v is qkv's columns 2dk.., padded with the zero columns past e
+    // y = P v: v is qkv's columns 2dk.., padded with the zero columns past e (so y's are zero too)
     gemm(n, c.dvp, n, s.p, np, s.qkv + 2 * c.dk, c.ep, s.y, c.dvp, false);
     if (!keep) {
       for (int64_t i = 0; i < n; ++i) {
         float* yi = s.y + i * c.dvp;
-        for (int64_t d = 0; d < c.dv; ++d) yi[d] *= inv[i];
-        std::fill(yi + c.dv, yi + c.dvp, 0.0f);
-        std::memcpy(out + i * cdim + j * c.dv, yi, c.dv * sizeof(float));
+        float* oi = out + i * cdim + j * c.dv;
+        for (int64_t d = 0; d < c.dv; ++d) oi[d] = yi[d] *= inv[i];
       }
-      // the next group reads y from this slot's y after z is rewritten: keep a copy apart
-      std::memcpy(kt + c.dk * np, s.y, n * c.dvp * sizeof(float));
-      yprev = kt + c.dk * np;
-    } else {
-      for (int64_t i = 0; i < n; ++i) std::fill(s.y + i * c.dvp + c.dv, s.y + (i + 1) * c.dvp, 0.0f);
-      yprev = s.y;
     }
+    yprev = s.y;
   }
 }
 
@@ -646,8 +688,18 @@ Cascade make_cascade(const at::Tensor& x, const at::Tensor& weight, const at::Te
     }
   c.dw = c.ks ? dw.data_ptr<float>() : nullptr;
   c.dwb = c.ks ? dwb.data_ptr<float>() : nullptr;
-  c.bias = bias.data_ptr<float>();
-  c.mask = c.nw ? mask.data_ptr<float>() : nullptr;
+  const auto pad_rows = [&](const float* src, int64_t count, std::vector<float>& dst) {  // (count, n, n) -> np
+    dst.assign(count * c.n * c.np, 0.0f);
+    for (int64_t r = 0; r < count * c.n; ++r) std::memcpy(dst.data() + r * c.np, src + r * c.n, c.n * sizeof(float));
+  };
+  pad_rows(bias.data_ptr<float>(), c.groups, c.bias);
+  if (c.nw) {
+    const float* mp = mask.data_ptr<float>();
+    pad_rows(mp, c.nw, c.mask);
+    c.mask_zero.resize(c.nw);
+    for (int64_t v = 0; v < c.nw; ++v)
+      c.mask_zero[v] = std::all_of(mp + v * c.n * c.n, mp + (v + 1) * c.n * c.n, [](float e) { return e == 0.0f; });
+  }
   return c;
 }
 
@@ -660,7 +712,7 @@ at::Tensor cascade_forward(const at::Tensor& x, const at::Tensor& weight, const 
   float* op = out.data_ptr<float>();
   const int64_t cdim = x.size(2);
   at::parallel_for(0, x.size(0), 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> ws(c.slot()), kt(c.dk * c.np + c.n * c.dvp);
+    std::vector<float> ws(2 * c.slot()), kt(c.dk * c.np);
     for (int64_t w = begin; w < end; ++w)
       cascade_window(c, w, xp + w * c.n * cdim, ws.data(), kt.data(), false, op + w * c.n * cdim);
   });
@@ -692,9 +744,8 @@ std::vector<at::Tensor> cascade_backward(const at::Tensor& x, const at::Tensor& 
     float* ddw = ddw_t.data_ptr<float>() + tid * G * std::max<int64_t>(kk, 1) * c.dk;
     float* ddwb = ddwb_t.data_ptr<float>() + tid * G * c.dk;
     float* dbias = dbias_t.data_ptr<float>() + tid * G * n * n;
-    std::vector<float> ws(G * c.slot()), kt(c.dk * np + n * c.dvp), gy(n * c.dvp), gz(n * c.dvp), ds(n * np),
-        vt(c.dvp * np), dq(n * c.dkp), tq(round4(c.dk) * n), tg(c.dv4 * n), tz(c.dv4 * n),
-        buf(round4(std::max(c.dk, c.dv)) * np), dqkv(n * c.ep);
+    std::vector<float> ws(G * c.slot()), kt(c.dk * np), gy(n * c.dvp), gz(n * c.dvp), ds(n * np),
+        vt(c.dvp * np), dq(n * c.dkp), dqkv(n * c.ep);
     for (int64_t w = begin; w < end; ++w) {
       const float* xw = xp + w * n * cdim;
       const float* gw = gp + w * n * cdim;
@@ -703,15 +754,14 @@ std::vector<at::Tensor> cascade_backward(const at::Tensor& x, const at::Tensor& 
       for (int64_t j = G - 1; j >= 0; --j) {
         Slot s(ws.data() + j * c.slot(), c);
         for (int64_t i = 0; i < n; ++i) {  // gy = dOut_j + the next group's dz (its input took y_j)
-          float* gi = gy.data() + i * c.dvp;
+          float* gi = gy.data() + i * c.dvp;  // columns past dv: zero since allocation
           const float* go = gw + i * cdim + j * c.dv;
           for (int64_t d = 0; d < c.dv; ++d) gi[d] = go[d] + (j + 1 < G ? gz[i * c.dvp + d] : 0.0f);
-          std::fill(gi + c.dv, gi + c.dvp, 0.0f);
         }
         std::fill(vt.begin(), vt.end(), 0.0f);
         for (int64_t t = 0; t < n; ++t)
           for (int64_t d = 0; d < c.dv; ++d) vt[d * np + t] = s.qkv[t * c.ep + 2 * c.dk + d];
-        gemm(n, np, c.dvp, gy.data(), c.dvp, vt.data(), np, ds.data(), np, false);  // dP = gy v^T
+        gemm(n, np, c.dv, gy.data(), c.dvp, vt.data(), np, ds.data(), np, false);  // dP = gy v^T
         float* dbj = dbias + j * n * n;
         for (int64_t i = 0; i < n; ++i) {  // dS = P (dP - rowsum(gy y))
           float delta = 0.0f;
@@ -725,19 +775,11 @@ std::vector<at::Tensor> cascade_backward(const at::Tensor& x, const at::Tensor& 
           std::fill(dsi + n, dsi + np, 0.0f);
         }
         gemm(n, c.dkp, n, ds.data(), np, s.qkv + c.dk, c.ep, dq.data(), c.dkp, false);  // dq = dS k
-        std::fill(tq.begin(), tq.end(), 0.0f);
-        for (int64_t t = 0; t < n; ++t)
-          for (int64_t d = 0; d < c.dk; ++d) tq[d * n + t] = s.q[t * c.dkp + d];
+        // dk = dS^T q and dv = P^T gy straight into dqkv's columns (dS^T, P^T read transposed). dk's
+        // dkp columns may run into v's (zero: q's columns past dk are); dv's come after and win.
         std::fill(dqkv.begin(), dqkv.end(), 0.0f);
-        gemm(round4(c.dk), np, n, tq.data(), n, ds.data(), np, buf.data(), np, false);  // dk^T = q^T dS
-        for (int64_t t = 0; t < n; ++t)
-          for (int64_t d = 0; d < c.dk; ++d) dqkv[t * c.ep + c.dk + d] = buf[d * np + t];
-        std::fill(tg.begin(), tg.end(), 0.0f);
-        for (int64_t t = 0; t < n; ++t)
-          for (int64_t d = 0; d < c.dv; ++d) tg[d * n + t] = gy[t * c.dvp + d];
-        gemm(c.dv4, np, n, tg.data(), n, s.p, np, buf.data(), np, false);  // dv^T = gy^T P
-        for (int64_t t = 0; t < n; ++t)
-          for (int64_t d = 0; d < c.dv; ++d) dqkv[t * c.ep + 2 * c.dk + d] = buf[d * np + t];
+        gemm_from(n, c.dkp, n, ds.data(), 1, np, s.q, c.dkp, dqkv.data() + c.dk, c.ep, Zeros{});
+        gemm_from(n, c.dvp, n, s.p, 1, np, gy.data(), c.dvp, dqkv.data() + 2 * c.dk, c.ep, Zeros{});
         if (c.ks) {
           dwconv_backward(s.qkv, c.ep, c.dw + j * kk * c.dk, dq.data(), c.dkp, c.m, c.ks, c.dk, dqkv.data(),
                           ddw + j * kk * c.dk, ddwb + j * c.dk);
@@ -745,15 +787,14 @@ std::vector<at::Tensor> cascade_backward(const at::Tensor& x, const at::Tensor& 
           for (int64_t t = 0; t < n; ++t)
             for (int64_t d = 0; d < c.dk; ++d) dqkv[t * c.ep + d] = dq[t * c.dkp + d] * c.scale;
         }
-        std::fill(tz.begin(), tz.end(), 0.0f);
-        for (int64_t t = 0; t < n; ++t)
-          for (int64_t d = 0; d < c.dv; ++d) tz[d * n + t] = s.z[t * c.dvp + d];
-        gemm(c.dv4, c.ep, n, tz.data(), n, dqkv.data(), c.ep, dwt + j * c.dv4 * c.ep, c.ep, true);  // dW^T += z^T dqkv
+        float* dwtj = dwt + j * c.dv4 * c.ep;  // dW^T += z^T dqkv (rows past dv: discarded)
+        gemm_from(c.dv4, c.ep, n, s.z, 1, c.dvp, dqkv.data(), c.ep, dwtj, c.ep, Rows{dwtj, c.ep});
         float* dbq = db + j * c.ep;
         for (int64_t t = 0; t < n; ++t)
           for (int64_t r = 0; r < c.e; ++r) dbq[r] += dqkv[t * c.ep + r];
         gemm(n, c.dvp, c.e, dqkv.data(), c.ep, c.wp.data() + j * c.e * c.dvp, c.dvp, gz.data(), c.dvp, false);
-        for (int64_t i = 0; i < n; ++i) std::memcpy(dxw + i * cdim + j * c.dv, gz.data() + i * c.dvp, c.dv * sizeof(float));
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t d = 0; d < c.dv; ++d) dxw[i * cdim + j * c.dv + d] = gz[i * c.dvp + d];
       }
     }
   });
