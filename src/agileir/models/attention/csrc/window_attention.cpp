@@ -501,8 +501,8 @@ struct Cascade {
   std::vector<float> wp;   // (G, e, dvp): W_j, columns past dv zero
   std::vector<float> bq;   // (G, ep): b_j, zero past e
   const float *dw, *dwb;   // (G, ks*ks, dk), (G, dk) or null
-  std::vector<float> bias;  // (G, n, np): the relative-position bias, columns past n zero
-  std::vector<float> mask;  // (nW, n, np) likewise, or empty
+  const float *bias, *mask;  // (G, n, np) and (nW, n, np) or null: columns past n zero
+  std::vector<float> bias_pad, mask_pad;  // their storage where n is not a multiple of 8
   std::vector<char> mask_zero;  // per mask window: all zero (every window but the last row and column's)
   int64_t nw;
   // per-group slot sizes of a window's workspace
@@ -584,7 +584,7 @@ void dwconv_backward(const float* q0, int64_t ldp, const float* w, const float* 
 // out (n x G*dv). kt: dk x np.
 void cascade_window(const Cascade& c, int64_t w, const float* xw, float* ws, float* kt, bool keep, float* out) {
   const int64_t n = c.n, np = c.np, cdim = c.groups * c.dv;
-  const float* mask = c.nw && !c.mask_zero[w % c.nw] ? c.mask.data() + (w % c.nw) * n * np : nullptr;
+  const float* mask = c.nw && !c.mask_zero[w % c.nw] ? c.mask + (w % c.nw) * n * np : nullptr;
   const float* yprev = nullptr;
   for (int64_t j = 0; j < c.groups; ++j) {
     Slot s(ws + (keep ? j : j % 2) * c.slot(), c);
@@ -609,7 +609,7 @@ void cascade_window(const Cascade& c, int64_t w, const float* xw, float* ws, flo
     std::fill(kt, kt + c.dk * np, 0.0f);  // S = bias + mask + q k^T
     for (int64_t t = 0; t < n; ++t)
       for (int64_t d = 0; d < c.dk; ++d) kt[d * np + t] = s.qkv[t * c.ep + c.dk + d];
-    const float* bias = c.bias.data() + j * n * np;
+    const float* bias = c.bias + j * n * np;
     if (mask)
       gemm_from(n, np, c.dk, s.q, c.dkp, 1, kt, np, s.p, np, RowsSum{bias, mask, np});
     else
@@ -688,17 +688,25 @@ Cascade make_cascade(const at::Tensor& x, const at::Tensor& weight, const at::Te
     }
   c.dw = c.ks ? dw.data_ptr<float>() : nullptr;
   c.dwb = c.ks ? dwb.data_ptr<float>() : nullptr;
-  const auto pad_rows = [&](const float* src, int64_t count, std::vector<float>& dst) {  // (count, n, n) -> np
-    dst.assign(count * c.n * c.np, 0.0f);
-    for (int64_t r = 0; r < count * c.n; ++r) std::memcpy(dst.data() + r * c.np, src + r * c.n, c.n * sizeof(float));
+  // (count, n, n) as rows of np: the tensor itself where n is a multiple of 8, else a padded copy
+  const auto rows_of = [&](const float* src, int64_t count, std::vector<float>& pad) -> const float* {
+    if (c.n == c.np) return src;
+    pad.assign(count * c.n * c.np, 0.0f);
+    for (int64_t r = 0; r < count * c.n; ++r) std::memcpy(pad.data() + r * c.np, src + r * c.n, c.n * sizeof(float));
+    return pad.data();
   };
-  pad_rows(bias.data_ptr<float>(), c.groups, c.bias);
+  c.bias = rows_of(bias.data_ptr<float>(), c.groups, c.bias_pad);
+  c.mask = nullptr;
   if (c.nw) {
     const float* mp = mask.data_ptr<float>();
-    pad_rows(mp, c.nw, c.mask);
+    c.mask = rows_of(mp, c.nw, c.mask_pad);
     c.mask_zero.resize(c.nw);
-    for (int64_t v = 0; v < c.nw; ++v)
-      c.mask_zero[v] = std::all_of(mp + v * c.n * c.n, mp + (v + 1) * c.n * c.n, [](float e) { return e == 0.0f; });
+    for (int64_t v = 0; v < c.nw; ++v) {  // one OR over the bits (sign dropped: -0 is zero), no early exit
+      const uint32_t* bits = reinterpret_cast<const uint32_t*>(mp + v * c.n * c.n);
+      uint32_t any = 0;
+      for (int64_t k = 0; k < c.n * c.n; ++k) any |= bits[k] & 0x7fffffffu;
+      c.mask_zero[v] = any == 0;
+    }
   }
   return c;
 }
