@@ -496,6 +496,10 @@ void backward_f32(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
 // in per-thread buffers; backward recomputes the window's cascade and runs it in reverse.
 
 struct Cascade {
+  // bias and mask may point into bias_pad / mask_pad: moved (buffers kept), never copied
+  Cascade() = default;
+  Cascade(const Cascade&) = delete;
+  Cascade(Cascade&&) = default;
   int64_t n, groups, dk, dv, e, ep, dkp, dvp, dv4, np, m, ks;
   float scale;
   std::vector<float> wt;   // (G, dv, ep): W_j^T, columns past e zero
