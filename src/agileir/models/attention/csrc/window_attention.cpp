@@ -586,7 +586,7 @@ void dwconv_backward(const float* q0, int64_t ldp, const float* w, const float* 
 
 // Window `w`'s cascade from its tokens xw (n x G*dv). keep: every group in its own slot with P
 // normalised (for backward); else two slots in turn (group j reads y of j - 1) and y written to
-// out (n x G*dv). kt: dk x np.
+// out (n x G*dv). kt: dk x np, zero past column n (its columns below n are rewritten here).
 void cascade_window(const Cascade& c, int64_t w, const float* xw, float* ws, float* kt, bool keep, float* out) {
   const int64_t n = c.n, np = c.np, cdim = c.groups * c.dv;
   const float* mask = c.nw && !c.mask_zero[w % c.nw] ? c.mask + (w % c.nw) * n * np : nullptr;
@@ -611,8 +611,7 @@ void cascade_window(const Cascade& c, int64_t w, const float* xw, float* ws, flo
       for (int64_t i = 0; i < n; ++i)
         for (int64_t d = 0; d < c.dk; ++d) s.q[i * c.dkp + d] = s.qkv[i * c.ep + d] * c.scale;
     }
-    std::fill(kt, kt + c.dk * np, 0.0f);  // S = bias + mask + q k^T
-    for (int64_t t = 0; t < n; ++t)
+    for (int64_t t = 0; t < n; ++t)  // S = bias + mask + q k^T
       for (int64_t d = 0; d < c.dk; ++d) kt[d * np + t] = s.qkv[t * c.ep + c.dk + d];
     const float* bias = c.bias + j * n * np;
     if (mask)
@@ -758,7 +757,7 @@ std::vector<at::Tensor> cascade_backward(const at::Tensor& x, const at::Tensor& 
     float* ddwb = ddwb_t.data_ptr<float>() + tid * G * c.dk;
     float* dbias = dbias_t.data_ptr<float>() + tid * G * n * n;
     std::vector<float> ws(G * c.slot()), kt(c.dk * np), gy(n * c.dvp), gz(n * c.dvp), ds(n * np),
-        vt(c.dvp * np), dq(n * c.dkp), dqkv(n * c.ep);
+        vt(c.dv * np), dq(n * c.dkp), dqkv(n * c.ep);
     for (int64_t w = begin; w < end; ++w) {
       const float* xw = xp + w * n * cdim;
       const float* gw = gp + w * n * cdim;
@@ -771,8 +770,7 @@ std::vector<at::Tensor> cascade_backward(const at::Tensor& x, const at::Tensor& 
           const float* go = gw + i * cdim + j * c.dv;
           for (int64_t d = 0; d < c.dv; ++d) gi[d] = go[d] + (j + 1 < G ? gz[i * c.dvp + d] : 0.0f);
         }
-        std::fill(vt.begin(), vt.end(), 0.0f);
-        for (int64_t t = 0; t < n; ++t)
+        for (int64_t t = 0; t < n; ++t)  // v^T; its columns past n stay zero from allocation
           for (int64_t d = 0; d < c.dv; ++d) vt[d * np + t] = s.qkv[t * c.ep + 2 * c.dk + d];
         gemm(n, np, c.dv, gy.data(), c.dvp, vt.data(), np, ds.data(), np, false);  // dP = gy v^T
         float* dbj = dbias + j * n * n;
