@@ -164,8 +164,9 @@ def test_without_the_kernel_auto_plans_keep_the_eager_kernel():
 needs_cascade = pytest.mark.skipif(not fused.cascade_available(), reason=f"fused cascade not built: {fused.state()}")
 
 
-def cascade_reference(x, weight, qkv_bias, dw, dw_bias, bias, mask, m, scale):
-    """GSWA's cascade in float64, one window at a time; the depthwise conv as explicit taps."""
+def cascade_reference(x, weight, qkv_bias, dw, dw_bias, bias, mask, m, scale, relu=False):
+    """GSWA's cascade in float64, one window at a time; the depthwise conv as explicit taps; the
+    ReLU (GSWA's activation) on the outputs only, after the cascade."""
     x, weight, qkv_bias, bias = x.double(), weight.double(), qkv_bias.double(), bias.double()
     groups, e, dv = weight.shape
     dk, n = (e - dv) // 2, x.shape[1]
@@ -190,7 +191,8 @@ def cascade_reference(x, weight, qkv_bias, dw, dw_bias, bias, mask, m, scale):
             y = torch.softmax(s, dim=-1) @ v
             ys.append(y)
         windows.append(torch.cat(ys, dim=-1))
-    return torch.stack(windows)
+    out = torch.stack(windows)
+    return out.clamp_min(0) if relu else out
 
 
 CASCADES = {  # (B_, G, window m, dk, dv, depthwise kernel, mask window grid)
@@ -213,20 +215,25 @@ def _cascade_inputs(b_, groups, m, dk, dv, ks, seed=0):
 
 
 @needs_cascade
-@pytest.mark.parametrize("case", list(CASCADES), ids=list(CASCADES))
-def test_cascade_forward_and_gradients_match_the_float64_reference(case):
+@pytest.mark.parametrize("case,relu", [(c, False) for c in CASCADES] + [("agileir-s-shifted", True),
+                                                                          ("window7-kernel5", True)])
+def test_cascade_forward_and_gradients_match_the_float64_reference(case, relu):
     """float32 against float64: 1e-5 of the largest magnitude, what float32 rounding of sums of up
-    to 64 terms allows after six groups feed each other (each group's error enters the next)."""
+    to 64 terms allows after six groups feed each other (each group's error enters the next).
+    With ``relu`` the ReLU is fused into the kernel: outputs zeroed, their gradients stopped, while
+    the next group still reads the unclipped output."""
     b_, groups, m, dk, dv, ks, grid = CASCADES[case]
     x, weight, qkv_bias, dw, dw_bias, bias = inputs = _cascade_inputs(b_, groups, m, dk, dv, ks)
     mask = None if grid is None else shift_mask(grid[0], grid[1], grid[2], grid[2] // 2)  # -100, as the network's
     scale = dk ** -0.5
-    out = fused.fused_gswa_cascade(x, weight, qkv_bias, dw, dw_bias, bias, mask, m, scale)
+    out = fused.fused_gswa_cascade(x, weight, qkv_bias, dw, dw_bias, bias, mask, m, scale, relu)
     assert out.dtype == torch.float32 and out.shape == x.shape
+    if relu:  # about half the outputs are clipped, so the gradient check below sees the ReLU's mask
+        assert 0.3 < (out == 0).double().mean() < 0.7
     leaves = [t for t in inputs if t is not None]
     leaves64 = [t.detach().double().requires_grad_() for t in leaves]
     it = iter(leaves64)
-    want = cascade_reference(*(next(it) if t is not None else None for t in inputs), mask, m, scale)
+    want = cascade_reference(*(next(it) if t is not None else None for t in inputs), mask, m, scale, relu)
     assert (out.double() - want).abs().max() <= 1e-5 * want.abs().max()
     g = torch.randn(want.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     got_grads = torch.autograd.grad(out, leaves, g.float())
@@ -239,7 +246,7 @@ def test_cascade_forward_and_gradients_match_the_float64_reference(case):
 @needs_cascade
 def test_cascade_is_twice_differentiable_through_its_reference():
     x, weight, qkv_bias, dw, dw_bias, bias = _cascade_inputs(2, 2, 4, 2, 3, 3)
-    args = (dw, dw_bias, bias, None, 4, 0.5)
+    args = (dw, dw_bias, bias, None, 4, 0.5, True)  # with the fused ReLU
     (gx,) = torch.autograd.grad(fused.fused_gswa_cascade(x, weight, qkv_bias, *args).square().sum(), x,
                                 create_graph=True)
     (gx_ref,) = torch.autograd.grad(cascade_reference(x, weight, qkv_bias, *args).square().sum(), x,

@@ -192,7 +192,7 @@ def cascade_available() -> bool:
 
 def gswa_cascade_reference(x: torch.Tensor, weight: torch.Tensor, qkv_bias: torch.Tensor,
                            dw_weight: torch.Tensor | None, dw_bias: torch.Tensor | None, bias: torch.Tensor,
-                           mask: torch.Tensor | None, window: int, scale: float) -> torch.Tensor:
+                           mask: torch.Tensor | None, window: int, scale: float, relu: bool = False) -> torch.Tensor:
     """What :func:`fused_gswa_cascade` computes, in plain PyTorch (its double backward runs here)."""
     groups, e, dv = weight.shape
     dk = (e - dv) // 2
@@ -210,15 +210,17 @@ def gswa_cascade_reference(x: torch.Tensor, weight: torch.Tensor, qkv_bias: torc
         scores = add_bias_and_mask((q @ k.transpose(1, 2)).unsqueeze(1), bias[j:j + 1], mask).squeeze(1)
         y = scores.softmax(dim=-1) @ v
         outputs.append(y)
-    return torch.cat(outputs, dim=-1)
+    out = torch.cat(outputs, dim=-1)
+    return torch.relu(out) if relu else out
 
 
 class _FusedCascade(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, qkv_bias, dw_weight, dw_bias, bias, mask, window, scale):  # type: ignore[override]
-        ctx.window, ctx.scale = window, scale
+    def forward(ctx, x, weight, qkv_bias, dw_weight, dw_bias, bias, mask, window, scale, relu):  # type: ignore[override]
+        ctx.window, ctx.scale, ctx.relu = window, scale, relu
         ctx.save_for_backward(x, weight, qkv_bias, dw_weight, dw_bias, bias, mask)
-        return _load().cascade_forward(x, weight, qkv_bias, *_taps(dw_weight, dw_bias), bias, mask, window, scale)
+        return _load().cascade_forward(x, weight, qkv_bias, *_taps(dw_weight, dw_bias), bias, mask, window, scale,
+                                       relu)
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
@@ -229,17 +231,17 @@ class _FusedCascade(torch.autograd.Function):
             with torch.enable_grad():
                 ref = gswa_cascade_reference(x, weight, qkv_bias, dw_weight if dw_weight.numel() else None,
                                              dw_bias if dw_bias.numel() else None, bias,
-                                             mask if mask.numel() else None, ctx.window, ctx.scale)
+                                             mask if mask.numel() else None, ctx.window, ctx.scale, ctx.relu)
             grads = iter(torch.autograd.grad(ref, wanted, grad_out, allow_unused=True, create_graph=True))
-            return (*(next(grads) if t.numel() and t.requires_grad else None for t in inputs), None, None, None)
+            return (*(next(grads) if t.numel() and t.requires_grad else None for t in inputs), None, None, None, None)
         dx, dweight, dqkv_bias, ddw, ddwb, dbias = _load().cascade_backward(
-            x, weight, qkv_bias, *_taps(dw_weight, dw_bias), bias, mask, ctx.window, ctx.scale,
+            x, weight, qkv_bias, *_taps(dw_weight, dw_bias), bias, mask, ctx.window, ctx.scale, ctx.relu,
             grad_out.contiguous())
         if dw_weight.numel():  # the kernel's (G, ks*ks, dk) back to the conv's (G, dk, ks, ks)
             ddw = ddw.transpose(1, 2).reshape(dw_weight.shape)
         else:
             ddw = ddwb = None
-        return dx, dweight, dqkv_bias, ddw, ddwb, dbias, None, None, None
+        return dx, dweight, dqkv_bias, ddw, ddwb, dbias, None, None, None, None
 
 
 def _taps(dw_weight: torch.Tensor, dw_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -252,9 +254,10 @@ def _taps(dw_weight: torch.Tensor, dw_bias: torch.Tensor) -> tuple[torch.Tensor,
 
 def fused_gswa_cascade(x: torch.Tensor, weight: torch.Tensor, qkv_bias: torch.Tensor,
                        dw_weight: torch.Tensor | None, dw_bias: torch.Tensor | None, bias: torch.Tensor,
-                       mask: torch.Tensor | None, window: int, scale: float) -> torch.Tensor:
+                       mask: torch.Tensor | None, window: int, scale: float, relu: bool = False) -> torch.Tensor:
     """GSWA's group cascade, every group of one window at a time in cache: (B_, N, G*dv) -> the
-    groups' attention outputs side by side (before the activation and output projection).
+    groups' attention outputs side by side (before the output projection; through a ReLU, GSWA's
+    activation, if ``relu``: fused, so neither the output nor its gradient takes a pass of its own).
 
     ``weight`` (G, 2 dk + dv, dv) and ``qkv_bias`` (G, 2 dk + dv): the groups' q/k/v projections;
     ``dw_weight`` (G, dk, ks, ks) and ``dw_bias`` (G, dk): the depthwise convolution on q with the
@@ -276,8 +279,8 @@ def fused_gswa_cascade(x: torch.Tensor, weight: torch.Tensor, qkv_bias: torch.Te
             empty if dw_bias is None else f32(dw_bias), f32(bias),
             empty if mask is None else mask.detach().float().contiguous())
     if torch.is_grad_enabled() and any(t.requires_grad for t in args):
-        out = _FusedCascade.apply(*args, window, float(scale))
+        out = _FusedCascade.apply(*args, window, float(scale), bool(relu))
     else:
         out = _load().cascade_forward(args[0], args[1], args[2], *_taps(args[3], args[4]), args[5], args[6],
-                                      window, float(scale))
+                                      window, float(scale), bool(relu))
     return out if out.dtype == in_dtype else out.to(in_dtype)

@@ -138,8 +138,9 @@ class GroupShiftedWindowAttention(RelativePositionBias):
             s0 = start % mask.shape[0]
             mask = mask[s0:s0 + min(x.shape[0], mask.shape[0])]
         if cascade is not None:
-            y = fused.fused_gswa_cascade(x, *cascade, bias, mask, self.window_size, self.scale)
-            return self.proj(self.act(y))
+            relu = type(self.act) is nn.ReLU  # fused into the cascade
+            y = fused.fused_gswa_cascade(x, *cascade, bias, mask, self.window_size, self.scale, relu)
+            return self.proj(y if relu else self.act(y))
         outputs, y = [], None
         for j, x_j in enumerate(x.split(self.group_dim, dim=-1)):
             z = x_j if y is None else x_j + y

@@ -33,6 +33,56 @@ namespace {
 
 constexpr float kFloor = -60.0f;  // exp(-60) ~ 8.7e-27: far below float32 resolution of a row sum
 
+#if defined(__AVX2__) && defined(__FMA__)
+// The sum and the maximum of a register's 8 lanes in three shuffle steps: a window row is only 8
+// registers long, so a reduction through memory and 7 dependent scalar steps cost as much as its exps.
+inline float hsum8(__m256 v) {
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+}
+inline float hmax8(__m256 v) {
+  __m128 h = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+  return _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+}
+
+// dst (8 x 8, row stride ldd) = the transpose of src (8 x 8, row stride lds)
+inline void transpose8x8(const float* src, int64_t lds, float* dst, int64_t ldd) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * lds);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int h = 0; h < 8; h += 4) {  // rows h..h+3: columns c (low half) and c + 4 (high half) in r[h + c]
+    r[h] = _mm256_shuffle_ps(t[h], t[h + 2], 0x44);
+    r[h + 1] = _mm256_shuffle_ps(t[h], t[h + 2], 0xEE);
+    r[h + 2] = _mm256_shuffle_ps(t[h + 1], t[h + 3], 0x44);
+    r[h + 3] = _mm256_shuffle_ps(t[h + 1], t[h + 3], 0xEE);
+  }
+  for (int c = 0; c < 4; ++c) {
+    _mm256_storeu_ps(dst + c * ldd, _mm256_permute2f128_ps(r[c], r[c + 4], 0x20));
+    _mm256_storeu_ps(dst + (c + 4) * ldd, _mm256_permute2f128_ps(r[c], r[c + 4], 0x31));
+  }
+}
+#endif
+
+// dst (d x ldd) = the transpose of src (n x d, row stride lds): 8 x 8 register blocks, the rest by element
+void transpose_block(const float* src, int64_t lds, int64_t n, int64_t d, float* dst, int64_t ldd) {
+  int64_t t = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+  const int64_t d8 = d / 8 * 8;
+  for (; t + 8 <= n; t += 8) {
+    for (int64_t c = 0; c < d8; c += 8) transpose8x8(src + t * lds + c, lds, dst + c * ldd + t, ldd);
+    for (int64_t c = d8; c < d; ++c)
+      for (int64_t i = t; i < t + 8; ++i) dst[c * ldd + i] = src[i * lds + c];
+  }
+#endif
+  for (; t < n; ++t)
+    for (int64_t c = 0; c < d; ++c) dst[c * ldd + t] = src[t * lds + c];
+}
+
 // p[j] = exp(x[j] - shift) where x[j] - shift > kFloor, else 0 (p may be x); returns the sum of p.
 // shift >= max_j x[j] (the row maximum, or the row's log-sum-exp in backward).
 float exp_row(const float* x, float* p, int64_t n, float shift) {
@@ -66,9 +116,7 @@ float exp_row(const float* x, float* p, int64_t n, float shift) {
     _mm256_storeu_ps(p + j, y);
     acc = _mm256_add_ps(acc, y);
   }
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, acc);
-  for (float v : lanes) total += v;
+  total = hsum8(acc);
 #endif
   for (; j < n; ++j) {
     const float xj = x[j] - shift;
@@ -384,10 +432,7 @@ float row_max(const float* x, int64_t n) {
   __m256 mv = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
   int64_t j = 0;
   for (; j + 8 <= n; j += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(x + j));
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, mv);
-  float m = lanes[0];
-  for (int c = 1; c < 8; ++c) m = std::max(m, lanes[c]);
+  float m = hmax8(mv);
   for (; j < n; ++j) m = std::max(m, x[j]);
   return m;
 }
@@ -492,8 +537,10 @@ void backward_f32(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
 // ---- GSWA's whole group cascade per window (float32, AVX2) -------------------------------------
 // Group j of a window: z = x_j + y_{j-1}; [q0 k v] = z W_j^T + b_j; q = depthwise conv of q0 over
 // the m x m grid (scale folded into its weights by the caller) or q0 * scale; y_j = softmax(q k^T +
-// bias_j + mask) v. Out: the y_j side by side (B_, N, G * dv). Every intermediate of a window lives
-// in per-thread buffers; backward recomputes the window's cascade and runs it in reverse.
+// bias_j + mask) v. Out: the y_j side by side (B_, N, G * dv), through a ReLU if `relu` (GSWA's
+// activation before its output projection: fused here, no pass over the output and none over its
+// gradient; the next group still reads y_j itself). Every intermediate of a window lives in
+// per-thread buffers; backward recomputes the window's cascade and runs it in reverse.
 
 struct Cascade {
   // bias and mask may point into bias_pad / mask_pad: moved (buffers kept), never copied
@@ -510,6 +557,7 @@ struct Cascade {
   std::vector<float> bias_pad, mask_pad;  // their storage where n is not a multiple of 8
   std::vector<char> mask_zero;  // per mask window: all zero (every window but the last row and column's)
   int64_t nw;
+  bool relu;
   // per-group slot sizes of a window's workspace
   int64_t slot() const { return n * dvp + n * ep + n * dkp + n * np + n * dvp; }
 };
@@ -611,8 +659,7 @@ void cascade_window(const Cascade& c, int64_t w, const float* xw, float* ws, flo
       for (int64_t i = 0; i < n; ++i)
         for (int64_t d = 0; d < c.dk; ++d) s.q[i * c.dkp + d] = s.qkv[i * c.ep + d] * c.scale;
     }
-    for (int64_t t = 0; t < n; ++t)  // S = bias + mask + q k^T
-      for (int64_t d = 0; d < c.dk; ++d) kt[d * np + t] = s.qkv[t * c.ep + c.dk + d];
+    transpose_block(s.qkv + c.dk, c.ep, n, c.dk, kt, np);  // S = bias + mask + q k^T
     const float* bias = c.bias + j * n * np;
     if (mask)
       gemm_from(n, np, c.dk, s.q, c.dkp, 1, kt, np, s.p, np, RowsSum{bias, mask, np});
@@ -632,7 +679,11 @@ void cascade_window(const Cascade& c, int64_t w, const float* xw, float* ws, flo
       for (int64_t i = 0; i < n; ++i) {
         float* yi = s.y + i * c.dvp;
         float* oi = out + i * cdim + j * c.dv;
-        for (int64_t d = 0; d < c.dv; ++d) oi[d] = yi[d] *= inv[i];
+        if (c.relu) {
+          for (int64_t d = 0; d < c.dv; ++d) oi[d] = std::max(yi[d] *= inv[i], 0.0f);  // NaN stays NaN
+        } else {
+          for (int64_t d = 0; d < c.dv; ++d) oi[d] = yi[d] *= inv[i];
+        }
       }
     }
     yprev = s.y;
@@ -640,7 +691,8 @@ void cascade_window(const Cascade& c, int64_t w, const float* xw, float* ws, flo
 }
 
 Cascade make_cascade(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bq, const at::Tensor& dw,
-                     const at::Tensor& dwb, const at::Tensor& bias, const at::Tensor& mask, int64_t m, double scale) {
+                     const at::Tensor& dwb, const at::Tensor& bias, const at::Tensor& mask, int64_t m, double scale,
+                     bool relu) {
   TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 3 && x.is_contiguous(),
               "x must be a contiguous float32 (B_, N, C) CPU tensor");
   Cascade c;
@@ -658,6 +710,7 @@ Cascade make_cascade(const at::Tensor& x, const at::Tensor& weight, const at::Te
   c.ks = dw.numel() ? static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(dw.size(1))))) : 0;
   c.m = m;
   c.scale = static_cast<float>(scale);
+  c.relu = relu;
   if (c.ks) {
     TORCH_CHECK(m * m == c.n && dw.is_contiguous() && dw.dim() == 3 && dw.size(0) == c.groups &&
                     dw.size(1) == c.ks * c.ks && dw.size(2) == c.dk && c.ks % 2 == 1 && dwb.is_contiguous() &&
@@ -717,8 +770,8 @@ Cascade make_cascade(const at::Tensor& x, const at::Tensor& weight, const at::Te
 
 at::Tensor cascade_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bq, const at::Tensor& dw,
                            const at::Tensor& dwb, const at::Tensor& bias, const at::Tensor& mask, int64_t m,
-                           double scale) {
-  const Cascade c = make_cascade(x, weight, bq, dw, dwb, bias, mask, m, scale);
+                           double scale, bool relu) {
+  const Cascade c = make_cascade(x, weight, bq, dw, dwb, bias, mask, m, scale, relu);
   at::Tensor out = at::empty(x.sizes(), x.options());
   const float* xp = x.data_ptr<float>();
   float* op = out.data_ptr<float>();
@@ -734,8 +787,9 @@ at::Tensor cascade_forward(const at::Tensor& x, const at::Tensor& weight, const 
 // gradients of x, weight, qkv bias, depthwise weight and bias, and relative-position bias
 std::vector<at::Tensor> cascade_backward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bq,
                                          const at::Tensor& dw, const at::Tensor& dwb, const at::Tensor& bias,
-                                         const at::Tensor& mask, int64_t m, double scale, const at::Tensor& grad) {
-  const Cascade c = make_cascade(x, weight, bq, dw, dwb, bias, mask, m, scale);
+                                         const at::Tensor& mask, int64_t m, double scale, bool relu,
+                                         const at::Tensor& grad) {
+  const Cascade c = make_cascade(x, weight, bq, dw, dwb, bias, mask, m, scale, relu);
   TORCH_CHECK(grad.is_contiguous() && grad.sizes() == x.sizes() && grad.scalar_type() == at::kFloat,
               "grad must be a contiguous float32 shaped like x");
   const int64_t threads = at::get_num_threads(), n = c.n, np = c.np, G = c.groups, cdim = x.size(2);
@@ -765,13 +819,14 @@ std::vector<at::Tensor> cascade_backward(const at::Tensor& x, const at::Tensor& 
       cascade_window(c, w, xw, ws.data(), kt.data(), true, nullptr);
       for (int64_t j = G - 1; j >= 0; --j) {
         Slot s(ws.data() + j * c.slot(), c);
-        for (int64_t i = 0; i < n; ++i) {  // gy = dOut_j + the next group's dz (its input took y_j)
+        for (int64_t i = 0; i < n; ++i) {  // gy = dOut_j (through the ReLU) + the next group's dz (its input took y_j)
           float* gi = gy.data() + i * c.dvp;  // columns past dv: zero since allocation
           const float* go = gw + i * cdim + j * c.dv;
-          for (int64_t d = 0; d < c.dv; ++d) gi[d] = go[d] + (j + 1 < G ? gz[i * c.dvp + d] : 0.0f);
+          const float* yi = s.y + i * c.dvp;
+          for (int64_t d = 0; d < c.dv; ++d)
+            gi[d] = (c.relu && !(yi[d] > 0.0f) ? 0.0f : go[d]) + (j + 1 < G ? gz[i * c.dvp + d] : 0.0f);
         }
-        for (int64_t t = 0; t < n; ++t)  // v^T; its columns past n stay zero from allocation
-          for (int64_t d = 0; d < c.dv; ++d) vt[d * np + t] = s.qkv[t * c.ep + 2 * c.dk + d];
+        transpose_block(s.qkv + 2 * c.dk, c.ep, n, c.dv, vt.data(), np);  // v^T; columns past n: zero since allocation
         gemm(n, np, c.dv, gy.data(), c.dvp, vt.data(), np, ds.data(), np, false);  // dP = gy v^T
         float* dbj = dbias + j * n * n;
         for (int64_t i = 0; i < n; ++i) {  // dS = P (dP - rowsum(gy y))
