@@ -6,11 +6,13 @@ runtime option of :class:`~agileir.models.config.NetworkConfig`) names a policy:
 * ``auto`` -- SwinIR (``attention="window"``): the official math everywhere (eager kernel, -100
   shift mask), so ported checkpoints reproduce the official numbers. GSWA: the recompute policy
   when training (the memory saving of AgileIR); for inference SDPA (on CPU PyTorch's flash
-  kernel, which needs q/k padded to v's width for GSWA's groups) on CUDA and on CPUs with
-  AVX-512, the eager kernel on other CPUs (measured: on an AVX2-only CPU the eager kernel, with
-  its 16-column values and chunks of windows, took 0.80x SDPA's time at 256x256 and 0.86x at
-  640x360; on the AVX-512/AMX CPU SDPA was 1-25% faster than the eager kernel as it was before
-  those two changes, not re-measured since; docs/performance.md).
+  kernel, which needs q/k padded to v's width for GSWA's groups) on CUDA and on CPUs with AMX,
+  the fused kernel (or, where it does not build, the eager one) on other CPUs (measured,
+  docs/performance.md: on an AVX2-only CPU the eager kernel with its 16-column values and chunks
+  of windows already took 0.80x SDPA's time at 256x256; on an AVX-512 CPU with AVX-512 BF16 and
+  no AMX the fused kernel took 0.64x SDPA's time for agileir-s and 0.80x for swinir-s at
+  256x256, fp32; on the AMX CPU SDPA was 1-25% faster than the eager kernel as it was before
+  those changes, and the fused kernel was never measured there).
 * ``recompute`` -- the same policy as GSWA's ``auto``, for either attention: while training, each
   block keeps only its inputs and recomputes the attention branch in backward (with the eager
   kernel inside the recompute); the MLP keeps its input and its hidden layer.
@@ -21,11 +23,12 @@ runtime option of :class:`~agileir.models.config.NetworkConfig`) names a policy:
   float32, the whole group cascade of a window per call).
 
 Wherever a policy above says "the eager kernel" on the CPU (GSWA's and SwinIR-recompute's
-training recompute; their inference on CPUs without AVX-512), the fused kernel runs instead when
+training recompute; their inference on CPUs without AMX), the fused kernel runs instead when
 it is built (:func:`use_fused`; measured on an AVX2 CPU: the agileir-s training step 0.81-0.85x,
 inference about 0.94x their time with the eager kernel, and GSWA's whole cascade in it a further
-0.87-0.90x and 0.74-0.89x, docs/performance.md; on AVX-512 CPUs,
-where inference keeps SDPA, and for bf16, unmeasured). Never while exporting (it is not traceable),
+0.87-0.90x and 0.74-0.89x, its small passes removed a further 0.71-0.77x of the step;
+docs/performance.md). GSWA's cascade runs in float32 under bf16 autocast too (its projections
+have K = C/G: nothing for bf16 units to gain), the linear layers around it in bf16. Never while exporting (it is not traceable),
 under a Python dispatch mode (FlopCounterMode and other tools that watch ATen operations would
 not see inside it) or in eval mode with gradients (attribution and tests need a
 twice-differentiable kernel).
@@ -117,9 +120,12 @@ def use_fused(device_type: str) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def cpu_prefers_sdpa() -> bool:
-    """True on CPUs whose ATen kernels run AVX-512, where SDPA's CPU flash kernel beat the eager
-    one for GSWA's inference; on AVX2-only CPUs it was slower, elsewhere it is unmeasured."""
-    return torch.backends.cpu.get_cpu_capability() == "AVX512"
+    """True on CPUs with AMX tiles, the one CPU where SDPA's flash kernel beat the eager kernel for
+    GSWA's inference (the fused kernel was never measured there). On AVX2 and on AVX-512 CPUs
+    without AMX the fused kernel was measured faster than SDPA, fp32 and bf16 autocast alike."""
+    from agileir.runtime import cpu_capabilities
+
+    return cpu_capabilities()["amx"]
 
 
 __all__ = ["IMPLS", "KERNELS", "LEGACY_IMPLS", "AttentionPlan", "canonical_impl", "is_official", "mask_value",
