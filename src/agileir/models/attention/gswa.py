@@ -163,7 +163,7 @@ class GroupShiftedWindowAttention(RelativePositionBias):
             width = aligned_width(self.group_dim) if align else self.group_dim
             # float32 inputs only (float64 keeps the per-group kernel's double path); under bf16
             # autocast too: the groups' projections (K = C/G) gain nothing from bf16 units, and on an
-            # AVX-512 BF16 CPU the cascade made agileir-s bf16 inference 0.55x its per-group time
+            # AVX-512 BF16 CPU the cascade made agileir-s bf16 inference 0.58x its per-group time
             cascade = (self.cascade_parameters() if kernel == "fused" and x.dtype == torch.float32
                        else None)
             projections = self.group_projections(width) if cascade is None else []
