@@ -83,6 +83,36 @@ def test_window_partition_roundtrip_and_relative_index():
             assert idx[a, b] == (dy + m - 1) * (2 * m - 1) + (dx + m - 1)
 
 
+@pytest.mark.parametrize("shift", [0, 2, 3])
+def test_shifted_window_partition_is_roll_then_partition(shift):
+    """The one-gather partition against torch.roll and the plain partition (exact), its inverse,
+    and its gradients (the inverse permutation) by gradcheck in float64, twice differentiable."""
+    m, h, w = 4, 8, 12
+    x = torch.randn(2, h, w, 5, dtype=torch.float64)
+    ref = windows.window_partition(torch.roll(x, (-shift, -shift), (1, 2)), m)
+    got = windows.shifted_window_partition(x, m, shift)
+    assert torch.equal(got, ref)
+    assert torch.equal(windows.shifted_window_reverse(got, m, h, w, shift), x)
+    xg = x.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: windows.shifted_window_partition(t, m, shift), (xg,))
+    assert torch.autograd.gradgradcheck(lambda t: windows.shifted_window_reverse(t, m, h, w, shift),
+                                        (ref.clone().requires_grad_(True),))
+
+
+def test_official_swinir_keeps_its_rolls(monkeypatch):
+    """SwinIR's official path runs the official code's torch.roll; every other path the gather."""
+    rolls = []
+    real = torch.roll
+    monkeypatch.setattr(torch, "roll", lambda *a, **k: rolls.append(1) or real(*a, **k))
+    tiny = {k: v for k, v in TINY.items() if k != "key_dim"}
+    with torch.no_grad():
+        build_model("swinir-s", **tiny).eval()(torch.rand(1, 3, 8, 8))
+        assert len(rolls) == 2  # the shifted block: one roll each way
+        build_model("swinir-s", **tiny, attention_impl="sdpa").eval()(torch.rand(1, 3, 8, 8))
+        build_model("agileir-s", **TINY).eval()(torch.rand(1, 3, 8, 8))
+    assert len(rolls) == 2
+
+
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_presets_build(name):
     model = build_model(name)

@@ -95,6 +95,7 @@ def test_gswa_inference_in_chunks_of_windows_matches_reference(monkeypatch, chun
         pytest.skip(f"fused kernel not built: {fused.unavailable_reason()}")
     monkeypatch.setattr(gswa, "WINDOW_CHUNK_BYTES", chunk_kib * 1024)
     monkeypatch.setattr(dispatch, "use_fused", lambda device_type: kernel == "fused")
+    monkeypatch.setattr(dispatch, "cpu_prefers_sdpa", lambda: False)  # without the fused kernel: eager
     model = _model("agileir-s", dict(TINY, **CASES["dw3-relu-kd3"]))
     calls = []
     attn = model.layers[0].residual_group.blocks[1].attn  # a shifted block: the mask per chunk

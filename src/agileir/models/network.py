@@ -12,14 +12,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from agileir.errors import ImageError
-from agileir.models import heads
+from agileir.models import fused_mlp, heads
 from agileir.models.attention.dispatch import is_official, mask_value, plan_attention
 from agileir.models.attention.gswa import GroupShiftedWindowAttention
 from agileir.models.attention.window import WindowAttention
 from agileir.models.config import NetworkConfig
 from agileir.models.recompute import lean_mlp, recompute_branch
 from agileir.models.windows import (ShiftMaskCache, is_exporting, too_small_for_window, traceable_shift_mask,
-                                    window_partition, window_reverse)
+                                    shifted_window_partition, shifted_window_reverse, window_partition,
+                                    window_reverse)
 from agileir.runtime import compute_dtype
 
 RGB_MEAN = (0.4488, 0.4371, 0.4040)  # DIV2K mean, as in SwinIR
@@ -98,13 +99,15 @@ class TransformerBlock(nn.Module):
         """attn(LN(x)) over (shifted) windows, (B, H, W, C) -> (B, H, W, C)."""
         b, h, w, c = x.shape
         y = self.norm1(x)
-        if self.shift:
-            y = torch.roll(y, shifts=(-self.shift, -self.shift), dims=(1, 2))
-        y = self.attn(window_partition(y, self.window_size), mask if self.shift else None, kernel=kernel)  # (B*nW, N, C)
-        y = window_reverse(y, self.window_size, h, w)
-        if self.shift:
-            y = torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2))
-        return y
+        if is_official(self.attention, self.attention_impl):  # the official code's rolls (its speed too)
+            if self.shift:
+                y = torch.roll(y, shifts=(-self.shift, -self.shift), dims=(1, 2))
+            y = self.attn(window_partition(y, self.window_size), mask if self.shift else None, kernel=kernel)
+            y = window_reverse(y, self.window_size, h, w)
+            return torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2)) if self.shift else y
+        y = shifted_window_partition(y, self.window_size, self.shift)  # roll and partition in one gather
+        y = self.attn(y, mask if self.shift else None, kernel=kernel)  # (B*nW, N, C)
+        return shifted_window_reverse(y, self.window_size, h, w, self.shift)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         plan = self.plan(x)
@@ -113,7 +116,13 @@ class TransformerBlock(nn.Module):
             x = x + self.drop_path(y)
             return x + self.drop_path(lean_mlp(x, self.norm2, self.mlp))
         x = x + self.drop_path(self.attention_branch(x, mask, plan.kernel))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        h = self.norm2(x)
+        # CPU inference off SwinIR's official path (whose figures stand for the official code):
+        # GELU and the residual add fused into the MLP's products (models/fused_mlp.py)
+        if (not self.training and not is_official(self.attention, self.attention_impl)
+                and fused_mlp.available(h, self.mlp)):
+            return fused_mlp.mlp_residual(h, self.mlp, x)
+        return x + self.drop_path(self.mlp(h))
 
 
 class BlockSequence(nn.Module):

@@ -6,13 +6,12 @@ runtime option of :class:`~agileir.models.config.NetworkConfig`) names a policy:
 * ``auto`` -- SwinIR (``attention="window"``): the official math everywhere (eager kernel, -100
   shift mask), so ported checkpoints reproduce the official numbers. GSWA: the recompute policy
   when training (the memory saving of AgileIR); for inference SDPA (on CPU PyTorch's flash
-  kernel, which needs q/k padded to v's width for GSWA's groups) on CUDA and on CPUs with AMX,
-  the fused kernel (or, where it does not build, the eager one) on other CPUs (measured,
-  docs/performance.md: on an AVX2-only CPU the eager kernel with its 16-column values and chunks
-  of windows already took 0.80x SDPA's time at 256x256; on an AVX-512 CPU with AVX-512 BF16 and
-  no AMX the fused kernel took 0.64x SDPA's time for agileir-s and 0.80x for swinir-s at
-  256x256, fp32; on the AMX CPU SDPA was 1-25% faster than the eager kernel as it was before
-  those changes, and the fused kernel was never measured there).
+  kernel, which needs q/k padded to v's width for GSWA's groups) on CUDA; on the CPU the fused
+  kernel wherever it builds, else SDPA on CPUs with AMX and the eager kernel on others (measured,
+  docs/performance.md, agileir-s at 256x256, one thread: the fused kernel took 0.72x SDPA's time
+  in fp32 and 0.74x under bf16 autocast on an AMX CPU, 0.64x (fp32) on an AVX-512 BF16 CPU
+  without AMX; on an AVX2-only CPU the eager kernel already took 0.80x SDPA's time; without the
+  fused kernel SDPA was 1-25% faster than the eager kernel on the AMX CPU).
 * ``recompute`` -- the same policy as GSWA's ``auto``, for either attention: while training, each
   block keeps only its inputs and recomputes the attention branch in backward (with the eager
   kernel inside the recompute); the MLP keeps its input and its hidden layer.
@@ -23,7 +22,7 @@ runtime option of :class:`~agileir.models.config.NetworkConfig`) names a policy:
   float32, the whole group cascade of a window per call).
 
 Wherever a policy above says "the eager kernel" on the CPU (GSWA's and SwinIR-recompute's
-training recompute; their inference on CPUs without AMX), the fused kernel runs instead when
+training recompute) and for GSWA's CPU inference, the fused kernel runs instead when
 it is built (:func:`use_fused`; measured on an AVX2 CPU: the agileir-s training step 0.81-0.85x,
 inference about 0.94x their time with the eager kernel, and GSWA's whole cascade in it a further
 0.87-0.90x and 0.74-0.89x, its small passes removed a further 0.71-0.77x of the step;
@@ -100,10 +99,14 @@ def plan_attention(attention: str, impl: str, *, device_type: str, training: boo
         return AttentionPlan("fused" if use_fused(device_type) else "eager", True)
     if grad_enabled:  # eval mode with gradients (attribution, tests): a differentiable kernel
         return AttentionPlan("eager", False)
-    # inference: SDPA's fused kernels (on CPU its flash kernel, GSWA's q/k padded to v's width)
-    # where they were measured faster than the eager kernel
-    if device_type == "cpu" and not cpu_prefers_sdpa():
-        return AttentionPlan("fused" if use_fused(device_type) else "eager", False)
+    # inference: on the CPU the fused kernel wherever it builds (measured faster than SDPA on AVX2,
+    # AVX-512 and AMX CPUs); without it SDPA's flash kernel (GSWA's q/k padded to v's width) where
+    # that beat the eager kernel; SDPA's fused kernels off the CPU
+    if device_type == "cpu":
+        if use_fused(device_type):
+            return AttentionPlan("fused", False)
+        if not cpu_prefers_sdpa():
+            return AttentionPlan("eager", False)
     return AttentionPlan("sdpa", False)
 
 
@@ -120,9 +123,9 @@ def use_fused(device_type: str) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def cpu_prefers_sdpa() -> bool:
-    """True on CPUs with AMX tiles, the one CPU where SDPA's flash kernel beat the eager kernel for
-    GSWA's inference (the fused kernel was never measured there). On AVX2 and on AVX-512 CPUs
-    without AMX the fused kernel was measured faster than SDPA, fp32 and bf16 autocast alike."""
+    """Where the fused kernel does not build: True on CPUs with AMX tiles, the one CPU where SDPA's
+    flash kernel beat the eager kernel for GSWA's inference; on AVX2 and on AVX-512 CPUs without
+    AMX the eager kernel was measured faster."""
     from agileir.runtime import cpu_capabilities
 
     return cpu_capabilities()["amx"]
