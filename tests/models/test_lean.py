@@ -99,3 +99,85 @@ def test_lean_under_bf16_autocast_matches_eager(preset):
         assert gl[name].dtype == torch.float32
         rel = (ge[name] - gl[name]).norm() / ge[name].norm().clamp_min(1e-12)
         assert rel < 3e-2, f"{name}: relative error {rel:.2e}"
+
+
+def _count_gradient_only_passes(monkeypatch) -> list[int]:
+    from agileir.models.attention import fused
+
+    calls: list[int] = []
+    real = fused.gswa_cascade_projection_gradients
+    monkeypatch.setattr(fused, "gswa_cascade_projection_gradients", lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+@pytest.mark.parametrize("relu", [True, False])
+def test_recompute_skips_the_cascade_forward_with_exact_gradients(monkeypatch, relu):
+    """GSWA's recompute on the fused cascade runs its gradients-only pass (no forward values) once
+    per block; gradients equal the eager path's to fp32 rounding (1e-5 relative)."""
+    from agileir.models.attention import dispatch, fused
+
+    if not fused.cascade_available():
+        pytest.skip(f"fused cascade not built: {fused.unavailable_reason()}")
+    calls = _count_gradient_only_passes(monkeypatch)
+    monkeypatch.setattr(dispatch, "use_fused", lambda device_type: device_type == "cpu")
+    torch.manual_seed(0)
+    act = dict(gswa_activation="relu" if relu else "identity")
+    eager = build_model("agileir-s", **TINY, **act, attention_impl="eager").train()
+    lean = build_model("agileir-s", **TINY, **act).train()
+    lean.load_state_dict(eager.state_dict())
+    x = torch.rand(2, 3, 11, 9)
+    ge, gl = grads(eager, x), grads(lean, x)
+    assert len(calls) == 4  # one per block
+    for name in ge:
+        rel = (ge[name] - gl[name]).norm() / ge[name].norm().clamp_min(1e-30)
+        assert rel < 1e-5, f"{name}: relative error {rel:.2e}"
+
+
+def test_gradient_only_pass_under_bf16_matches_the_full_recompute(monkeypatch):
+    """Under bf16 autocast the output projection's gradient products run in bf16 as autocast's
+    would: within 2e-2 relative of the recompute that runs the cascade forward."""
+    from agileir.models import recompute
+    from agileir.models.attention import dispatch, fused
+
+    if not fused.cascade_available():
+        pytest.skip(f"fused cascade not built: {fused.unavailable_reason()}")
+    monkeypatch.setattr(dispatch, "use_fused", lambda device_type: device_type == "cpu")
+    torch.manual_seed(0)
+    model = build_model("agileir-s", **TINY).train()
+    x = torch.rand(2, 3, 11, 9)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        calls = _count_gradient_only_passes(monkeypatch)
+        deferred = grads(model, x)
+        assert len(calls) == 4
+        monkeypatch.setattr(recompute, "values_unused", lambda: False)
+        monkeypatch.setattr("agileir.models.attention.gswa.values_unused", lambda: False)
+        full = grads(model, x)
+        assert len(calls) == 4
+    for name in full:
+        rel = (full[name] - deferred[name]).norm() / full[name].norm().clamp_min(1e-30)
+        assert rel < 2e-2, f"{name}: relative error {rel:.2e}"
+
+
+def test_gradient_penalty_recomputes_with_values(monkeypatch):
+    """create_graph=True (double backward) never takes the gradients-only pass; the penalty's own
+    backward may (it only differentiates), and its gradients equal the eager model's."""
+    from agileir.models.attention import dispatch, fused
+
+    if not fused.cascade_available():
+        pytest.skip(f"fused cascade not built: {fused.unavailable_reason()}")
+    calls = _count_gradient_only_passes(monkeypatch)
+    monkeypatch.setattr(dispatch, "use_fused", lambda device_type: device_type == "cpu")
+    torch.manual_seed(0)
+    eager = build_model("agileir-s", **TINY, attention_impl="eager").train()
+    model = build_model("agileir-s", **TINY).train()
+    model.load_state_dict(eager.state_dict())
+    x = torch.rand(1, 3, 8, 8)
+    for m in (eager, model):
+        xi = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(m(xi).square().mean(), xi, create_graph=True)
+        if m is model:
+            assert calls == []
+        g.square().sum().backward()
+    for (name, pe), pm in zip(eager.named_parameters(), model.parameters()):
+        rel = (pe.grad - pm.grad).norm() / pe.grad.norm().clamp_min(1e-30)
+        assert rel < 1e-4, f"{name}: relative error {rel:.2e}"

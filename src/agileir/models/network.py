@@ -112,7 +112,8 @@ class TransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         plan = self.plan(x)
         if plan.recompute:
-            y = recompute_branch(lambda t: self.attention_branch(t, mask, plan.kernel), x, self._branch_parameters)
+            y = recompute_branch(lambda t: self.attention_branch(t, mask, plan.kernel), x, self._branch_parameters,
+                                 outputs_unread=True)  # only permutations follow the attention module
             x = x + self.drop_path(y)
             return x + self.drop_path(lean_mlp(x, self.norm2, self.mlp))
         x = x + self.drop_path(self.attention_branch(x, mask, plan.kernel))

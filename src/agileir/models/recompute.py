@@ -16,7 +16,8 @@ Every tensor is kept with ``ctx.save_for_backward`` so the activation census see
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -44,13 +45,34 @@ def _set_rng_state(device: torch.device, state: tuple[torch.Tensor, torch.Tensor
         torch.cuda.set_rng_state(state[1], device)
 
 
+_state = threading.local()
+
+
+def values_unused() -> bool:
+    """True while a backward pass recomputes a branch whose output values nobody reads (only its
+    graph is differentiated): a module may then return an unfilled output whose gradients are
+    exact (GSWA's fused cascade skips its forward there, models/attention/fused.py)."""
+    return getattr(_state, "values_unused", False)
+
+
+@contextlib.contextmanager
+def _values_unused(flag: bool) -> Iterator[None]:
+    saved = values_unused()
+    _state.values_unused = flag
+    try:
+        yield
+    finally:
+        _state.values_unused = saved
+
+
 class _RecomputedBranch(torch.autograd.Function):
     """y = fn(x), keeping only x; backward re-runs fn with grad and back-propagates through it."""
 
     @staticmethod
     def forward(ctx, fn: Callable[[torch.Tensor], torch.Tensor], params_fn: Callable[[], Sequence[torch.Tensor]],
-                preserve_rng: bool, x: torch.Tensor, *params: torch.Tensor):
+                preserve_rng: bool, outputs_unread: bool, x: torch.Tensor, *params: torch.Tensor):
         ctx.fn, ctx.params_fn, ctx.param_ids = fn, params_fn, [id(p) for p in params]
+        ctx.outputs_unread = outputs_unread
         ctx.autocast = _autocast_state(x)
         ctx.rng = _rng_state(x.device) if preserve_rng else None
         ctx.save_for_backward(x, *params)
@@ -72,7 +94,9 @@ class _RecomputedBranch(torch.autograd.Function):
         with torch.random.fork_rng(devices=devices, enabled=ctx.rng is not None):
             if ctx.rng is not None:
                 _set_rng_state(x.device, ctx.rng)
-            with torch.enable_grad(), _autocast_like(ctx.autocast):
+            # the recomputed output is only differentiated (never with create_graph: its values
+            # would then be differentiated too)
+            with torch.enable_grad(), _autocast_like(ctx.autocast), _values_unused(ctx.outputs_unread and not double):
                 x_in = x if double else x.detach().requires_grad_(x.requires_grad)
                 # a non-leaf view: hooks that tools put on module inputs (FlopCounterMode's
                 # module tracker) cannot take a leaf inside a nested autograd.grad
@@ -81,18 +105,23 @@ class _RecomputedBranch(torch.autograd.Function):
         grads = iter(torch.autograd.grad(out, wanted, grad_out, allow_unused=True, create_graph=double))
         grad_x = next(grads) if x.requires_grad else None
         grad_params = [next(grads) if p.requires_grad else None for p in params]
-        return (None, None, None, grad_x, *grad_params)
+        return (None, None, None, None, grad_x, *grad_params)
 
 
 def recompute_branch(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                     params_fn: Callable[[], Sequence[torch.Tensor]], preserve_rng: bool = False) -> torch.Tensor:
+                     params_fn: Callable[[], Sequence[torch.Tensor]], preserve_rng: bool = False,
+                     outputs_unread: bool = False) -> torch.Tensor:
     """``fn(x)`` whose intermediates are recomputed in backward; ``params_fn()`` lists the weights fn uses.
 
     This is also the project's gradient checkpointing (``preserve_rng=True`` replays random ops such as
     stochastic depth identically): unlike ``torch.utils.checkpoint`` it keeps its input through
     ``save_for_backward``, so the activation census sees what checkpointing holds.
+    ``outputs_unread``: while fn is recomputed, :func:`values_unused` is True, so a module inside
+    it may return an unfilled output; the caller promises that nothing after that module reads the
+    values (only copies and permutations follow it, whose gradients need none): a block's
+    attention branch, not a whole block (its MLP reads the attention's output).
     """
-    return _RecomputedBranch.apply(fn, params_fn, preserve_rng, x, *params_fn())
+    return _RecomputedBranch.apply(fn, params_fn, preserve_rng, outputs_unread, x, *params_fn())
 
 
 class _LeanMlp(torch.autograd.Function):

@@ -35,7 +35,7 @@ import torch
 from agileir.models.attention.core import add_bias_and_mask
 
 __all__ = ["available", "vectorized", "state", "unavailable_reason", "fused_window_attention", "cascade_available",
-           "fused_gswa_cascade", "FUSED_ENV"]
+           "fused_gswa_cascade", "gswa_cascade_projection_gradients", "FUSED_ENV"]
 
 #: ``0`` turns the fused kernel off (auto plans keep the eager kernel); ``1`` (default) tries it
 FUSED_ENV = "AGILEIR_FUSED"
@@ -236,7 +236,7 @@ class _FusedCascade(torch.autograd.Function):
             return (*(next(grads) if t.numel() and t.requires_grad else None for t in inputs), None, None, None, None)
         dx, dweight, dqkv_bias, ddw, ddwb, dbias = _load().cascade_backward(
             x, weight, qkv_bias, *_taps(dw_weight, dw_bias), bias, mask, ctx.window, ctx.scale, ctx.relu,
-            grad_out.contiguous())
+            grad_out.contiguous(), x.new_empty((0,)))
         if dw_weight.numel():  # the kernel's (G, ks*ks, dk) back to the conv's (G, dk, ks, ks)
             ddw = ddw.transpose(1, 2).reshape(dw_weight.shape)
         else:
@@ -250,6 +250,73 @@ def _taps(dw_weight: torch.Tensor, dw_bias: torch.Tensor) -> tuple[torch.Tensor,
         return dw_weight, dw_bias
     g, dk = dw_weight.shape[:2]
     return dw_weight.detach().reshape(g, dk, -1).transpose(1, 2).contiguous(), dw_bias.detach().contiguous()
+
+
+def _cascade_args(x: torch.Tensor, weight: torch.Tensor, qkv_bias: torch.Tensor, dw_weight: torch.Tensor | None,
+                  dw_bias: torch.Tensor | None, bias: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """The cascade's tensors as the extension takes them: float32, contiguous, empty for None."""
+    if not cascade_available():
+        raise RuntimeError(f"the fused GSWA cascade is not available: {state()}")
+    if x.device.type != "cpu":
+        raise RuntimeError("the fused GSWA cascade runs on the CPU only")
+    if dw_weight is not None and dw_bias is None:
+        dw_bias = dw_weight.new_zeros(dw_weight.shape[:2])
+    f32 = lambda t: t.float().contiguous()  # noqa: E731
+    empty = x.new_empty((0,), dtype=torch.float32)
+    return (f32(x), f32(weight), f32(qkv_bias), empty if dw_weight is None else f32(dw_weight),
+            empty if dw_bias is None else f32(dw_bias), f32(bias),
+            empty if mask is None else mask.detach().float().contiguous())
+
+
+class _CascadeProjectionGradients(torch.autograd.Function):
+    """``proj(cascade(x))`` in a forward pass whose values nobody reads: the forward computes nothing,
+    the backward takes the cascade's output from ``cascade_backward``, which rebuilds every window
+    anyway."""
+
+    @staticmethod
+    def forward(ctx, x, weight, qkv_bias, dw_weight, dw_bias, bias, mask, proj_weight, proj_bias,  # type: ignore[override]
+                window, scale, relu, out_dtype):
+        ctx.window, ctx.scale, ctx.relu = window, scale, relu
+        ctx.save_for_backward(x, weight, qkv_bias, dw_weight, dw_bias, bias, mask, proj_weight, proj_bias)
+        return x.new_empty((*x.shape[:-1], proj_weight.shape[0]), dtype=out_dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        x, weight, qkv_bias, dw_weight, dw_bias, bias, mask, proj_weight, proj_bias = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            raise RuntimeError("the cascade's gradients-only pass is not differentiable twice (create_graph=True "
+                               "recomputes on the differentiable path instead)")
+        g = grad_out.reshape(-1, grad_out.shape[-1])
+        dtype = g.dtype  # bf16 under autocast: the projection's products in bf16, as autocast ran them
+        grad_y = (g @ proj_weight.to(dtype)).float().view(x.shape).contiguous()
+        y = torch.empty_like(x)
+        dx, dweight, dqkv_bias, ddw, ddwb, dbias = _load().cascade_backward(
+            x, weight, qkv_bias, *_taps(dw_weight, dw_bias), bias, mask, ctx.window, ctx.scale, ctx.relu, grad_y, y)
+        if dw_weight.numel():
+            ddw = ddw.transpose(1, 2).reshape(dw_weight.shape)
+        else:
+            ddw = ddwb = None
+        dproj_weight = (g.t() @ y.view(-1, y.shape[-1]).to(dtype)).to(proj_weight.dtype)
+        dproj_bias = None if proj_bias is None else g.sum(0).to(proj_bias.dtype)
+        return (dx, dweight, dqkv_bias, ddw, ddwb, dbias, None, dproj_weight, dproj_bias, None, None, None, None)
+
+
+def gswa_cascade_projection_gradients(x: torch.Tensor, weight: torch.Tensor, qkv_bias: torch.Tensor,
+                                      dw_weight: torch.Tensor | None, dw_bias: torch.Tensor | None,
+                                      bias: torch.Tensor, mask: torch.Tensor | None, window: int, scale: float,
+                                      relu: bool, proj_weight: torch.Tensor,
+                                      proj_bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear(fused_gswa_cascade(...), proj_weight, proj_bias)`` for the recompute of a training
+    step's backward, where only the graph is used (:func:`agileir.models.recompute.values_unused`):
+    the returned tensor is **not filled**; its gradients are exact.
+
+    Why: a GSWA block's cascade otherwise runs three times per step (forward, the recompute, and
+    inside its backward); this drops the recompute's. The output is in autocast's dtype where
+    autocast is on (as the projection's would be). Once differentiable only.
+    """
+    args = _cascade_args(x, weight, qkv_bias, dw_weight, dw_bias, bias, mask)
+    out_dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+    return _CascadeProjectionGradients.apply(*args, proj_weight, proj_bias, window, float(scale), bool(relu), out_dtype)
 
 
 def fused_gswa_cascade(x: torch.Tensor, weight: torch.Tensor, qkv_bias: torch.Tensor,
@@ -266,18 +333,8 @@ def fused_gswa_cascade(x: torch.Tensor, weight: torch.Tensor, qkv_bias: torch.Te
     recomputes each window's cascade, so nothing but the inputs is saved. Gradients to every
     tensor but the mask, twice differentiable through :func:`gswa_cascade_reference`.
     """
-    if not cascade_available():
-        raise RuntimeError(f"the fused GSWA cascade is not available: {state()}")
-    if x.device.type != "cpu":
-        raise RuntimeError("the fused GSWA cascade runs on the CPU only")
     in_dtype = x.dtype
-    if dw_weight is not None and dw_bias is None:
-        dw_bias = dw_weight.new_zeros(dw_weight.shape[:2])
-    f32 = lambda t: t.float().contiguous()  # noqa: E731
-    empty = x.new_empty((0,), dtype=torch.float32)
-    args = (f32(x), f32(weight), f32(qkv_bias), empty if dw_weight is None else f32(dw_weight),
-            empty if dw_bias is None else f32(dw_bias), f32(bias),
-            empty if mask is None else mask.detach().float().contiguous())
+    args = _cascade_args(x, weight, qkv_bias, dw_weight, dw_bias, bias, mask)
     if torch.is_grad_enabled() and any(t.requires_grad for t in args):
         out = _FusedCascade.apply(*args, window, float(scale), bool(relu))
     else:

@@ -18,6 +18,7 @@ from agileir.models.attention.core import (RelativePositionBias, add_bias_and_ma
                                            aligned_width)
 from agileir.models.attention.kernels import default_chunk_size, run_kernel
 from agileir.models.windows import is_exporting
+from agileir.models.recompute import values_unused
 
 #: Size of one group's (windows, N, N) score block per chunk of windows in inference: 1 MiB
 #: (64 windows of 8x8) measured fastest of 0.5-4 MiB for the whole cascade on CPU.
@@ -139,6 +140,10 @@ class GroupShiftedWindowAttention(RelativePositionBias):
             mask = mask[s0:s0 + min(x.shape[0], mask.shape[0])]
         if cascade is not None:
             relu = type(self.act) is nn.ReLU  # fused into the cascade
+            if (values_unused() and torch.is_grad_enabled() and (relu or type(self.act) is nn.Identity)
+                    and type(self.proj) is nn.Linear):  # a training recompute: only the gradients
+                return fused.gswa_cascade_projection_gradients(x, *cascade, bias, mask, self.window_size, self.scale,
+                                                               relu, self.proj.weight, self.proj.bias)
             y = fused.fused_gswa_cascade(x, *cascade, bias, mask, self.window_size, self.scale, relu)
             return self.proj(y if relu else self.act(y))
         outputs, y = [], None

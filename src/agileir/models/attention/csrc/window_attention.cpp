@@ -788,10 +788,15 @@ at::Tensor cascade_forward(const at::Tensor& x, const at::Tensor& weight, const 
 std::vector<at::Tensor> cascade_backward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bq,
                                          const at::Tensor& dw, const at::Tensor& dwb, const at::Tensor& bias,
                                          const at::Tensor& mask, int64_t m, double scale, bool relu,
-                                         const at::Tensor& grad) {
+                                         const at::Tensor& grad, const at::Tensor& out) {
   const Cascade c = make_cascade(x, weight, bq, dw, dwb, bias, mask, m, scale, relu);
   TORCH_CHECK(grad.is_contiguous() && grad.sizes() == x.sizes() && grad.scalar_type() == at::kFloat,
               "grad must be a contiguous float32 shaped like x");
+  // out (optional): the forward output, written from the recomputed windows (a caller that did not
+  // keep it saves its own forward pass)
+  TORCH_CHECK(!out.numel() || (out.is_contiguous() && out.sizes() == x.sizes() && out.scalar_type() == at::kFloat),
+              "out must be empty or a contiguous float32 shaped like x");
+  float* outp = out.numel() ? out.data_ptr<float>() : nullptr;
   const int64_t threads = at::get_num_threads(), n = c.n, np = c.np, G = c.groups, cdim = x.size(2);
   const int64_t kk = c.ks * c.ks;
   at::Tensor dx = at::empty(x.sizes(), x.options());
@@ -817,6 +822,15 @@ std::vector<at::Tensor> cascade_backward(const at::Tensor& x, const at::Tensor& 
       const float* gw = gp + w * n * cdim;
       float* dxw = dxp + w * n * cdim;
       cascade_window(c, w, xw, ws.data(), kt.data(), true, nullptr);
+      if (outp) {
+        for (int64_t j = 0; j < G; ++j) {
+          const float* y = Slot(ws.data() + j * c.slot(), c).y;
+          for (int64_t i = 0; i < n; ++i) {
+            float* oi = outp + (w * n + i) * cdim + j * c.dv;
+            for (int64_t d = 0; d < c.dv; ++d) oi[d] = c.relu ? std::max(y[i * c.dvp + d], 0.0f) : y[i * c.dvp + d];
+          }
+        }
+      }
       for (int64_t j = G - 1; j >= 0; --j) {
         Slot s(ws.data() + j * c.slot(), c);
         for (int64_t i = 0; i < n; ++i) {  // gy = dOut_j (through the ReLU) + the next group's dz (its input took y_j)
