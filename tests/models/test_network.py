@@ -99,6 +99,18 @@ def test_shifted_window_partition_is_roll_then_partition(shift):
                                         (ref.clone().requires_grad_(True),))
 
 
+def test_shifted_window_index_cached_in_inference_mode_trains_later():
+    """The cached gather index first built under ``torch.inference_mode`` (an upscale before a
+    training step, as in one process running both) is still usable by autograd afterwards."""
+    m, h, w, shift = 4, 12, 20, 2  # a feature size no other test caches
+    windows._shifted_window_order.cache_clear()
+    with torch.inference_mode():
+        windows.shifted_window_partition(torch.randn(1, h, w, 3), m, shift)
+    x = torch.randn(1, h, w, 3, requires_grad=True)
+    windows.shifted_window_reverse(windows.shifted_window_partition(x, m, shift) * 2.0, m, h, w, shift).sum().backward()
+    assert torch.equal(x.grad, torch.full_like(x, 2.0))
+
+
 def test_official_swinir_keeps_its_rolls(monkeypatch):
     """SwinIR's official path runs the official code's torch.roll; every other path the gather."""
     rolls = []

@@ -33,13 +33,18 @@ def window_reverse(windows: torch.Tensor, window_size: int, h: int, w: int) -> t
 @functools.lru_cache(maxsize=32)
 def _shifted_window_order(h: int, w: int, window_size: int, shift: int,
                           device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token indices (row-major in the image) in the order of the shifted windows, and the inverse."""
-    rows = (torch.arange(h, device=device) + shift) % h
-    cols = (torch.arange(w, device=device) + shift) % w
-    m = window_size
-    order = (rows[:, None] * w + cols[None, :]).view(h // m, m, w // m, m).permute(0, 2, 1, 3).reshape(-1)
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(order.numel(), device=device)
+    """Token indices (row-major in the image) in the order of the shifted windows, and the inverse.
+
+    Built outside inference mode whatever the caller's mode: the cache outlives the call, and an
+    inference tensor first cached by ``agileir upscale`` could not be saved for a later backward.
+    """
+    with torch.inference_mode(False):
+        rows = (torch.arange(h, device=device) + shift) % h
+        cols = (torch.arange(w, device=device) + shift) % w
+        m = window_size
+        order = (rows[:, None] * w + cols[None, :]).view(h // m, m, w // m, m).permute(0, 2, 1, 3).reshape(-1)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=device)
     return order, inverse
 
 
