@@ -1,10 +1,14 @@
 """int8 post-training quantization for CPU inference: PyTorch's dynamic quantization of the linear layers.
 
-Every ``nn.Linear`` (SwinIR's qkv and projections, GSWA's per-group projections, the MLPs)
-becomes :class:`torch.ao.nn.quantized.dynamic.Linear`: int8 weights (per tensor, symmetric, as
-PyTorch's default dynamic qconfig), activations quantized per call from their own range, int32
-accumulation on VNNI/AMX, float output. Convolutions, LayerNorms, the attention maps and the
-softmax stay float32. Being dynamic, it needs no calibration images: the activation ranges are
+Every ``nn.Linear`` but GSWA's per-group projections (SwinIR's qkv, both models' output
+projections and MLPs) becomes :class:`torch.ao.nn.quantized.dynamic.Linear`: int8 weights (per
+tensor, symmetric, as PyTorch's default dynamic qconfig), activations quantized per call from
+their own range, int32 accumulation on VNNI/AMX, float output. Convolutions, LayerNorms, the
+attention maps and the softmax stay float32, and so do GSWA's per-group projections: their
+products are C/G = 10 deep, too shallow for int8 units to pay for the per-call quantization, and
+int8 layers there would take GSWA off its fused cascade kernel (agileir-s int8 inference took
+1.21x the time with them quantized, docs/performance.md). Files written with them quantized
+still load as they were written. Being dynamic, it needs no calibration images: the activation ranges are
 measured on each input itself. Measured cost on the shipped weights: at most 0.0001 dB PSNR-Y on Set5/Set14
 (docs/performance.md).
 
@@ -58,13 +62,25 @@ def is_quantized(model: nn.Module) -> bool:
     return any(isinstance(m, linear) for m in model.modules())
 
 
-def quantize_int8(model: nn.Module) -> nn.Module:
-    """An int8 copy of ``model`` for CPU inference (eval mode); ``model`` itself is left unchanged."""
+def int8_layer_names(model: nn.Module) -> set[str]:
+    """The linear layers :func:`quantize_int8` makes int8: all but GSWA's per-group projections."""
+    return {name for name, module in model.named_modules()
+            if type(module) is nn.Linear and ".group_qkv." not in f".{name}."}
+
+
+def quantize_int8(model: nn.Module, layers: set[str] | None = None) -> nn.Module:
+    """An int8 copy of ``model`` for CPU inference (eval mode); ``model`` itself is left unchanged.
+
+    ``layers``: the names of the linear layers to quantize (those of an int8 file being loaded);
+    default :func:`int8_layer_names`.
+    """
     if is_quantized(model):
         return model
     source = copy.deepcopy(model).cpu().float().eval()
+    names = int8_layer_names(source) if layers is None else set(layers)
+    qconfig = torch.ao.quantization.default_dynamic_qconfig
     with _engine():
-        quantized = torch.ao.quantization.quantize_dynamic(source, {nn.Linear}, dtype=torch.qint8)
+        quantized = torch.ao.quantization.quantize_dynamic(source, dict.fromkeys(names, qconfig), dtype=torch.qint8)
     quantized.weights_source = getattr(model, "weights_source", None)
     return quantized.eval()
 
@@ -110,7 +126,7 @@ def split_quantized(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor
 
 def apply_quantized(model: nn.Module, layers: dict[str, dict[str, torch.Tensor]]) -> nn.Module:
     """``quantize_int8(model)`` with the stored int8 weights put in place of the re-quantized ones."""
-    quantized = quantize_int8(model)
+    quantized = quantize_int8(model, layers=set(layers))
     modules = dict(quantized.named_modules())
     linear = _dynamic_linear()
     found = {name for name, m in modules.items() if isinstance(m, linear)}
@@ -126,5 +142,5 @@ def apply_quantized(model: nn.Module, layers: dict[str, dict[str, torch.Tensor]]
     return quantized
 
 
-__all__ = ["QUANTIZATION_KEY", "DYNAMIC_INT8", "is_quantized", "quantize_int8", "quantized_tensors",
+__all__ = ["QUANTIZATION_KEY", "DYNAMIC_INT8", "int8_layer_names", "is_quantized", "quantize_int8", "quantized_tensors",
            "split_quantized", "apply_quantized"]
