@@ -64,8 +64,10 @@ def is_quantized(model: nn.Module) -> bool:
 
 def int8_layer_names(model: nn.Module) -> set[str]:
     """The linear layers :func:`quantize_int8` makes int8: all but GSWA's per-group projections."""
-    return {name for name, module in model.named_modules()
-            if type(module) is nn.Linear and ".group_qkv." not in f".{name}."}
+    from agileir.models.attention.gswa import GroupShiftedWindowAttention
+
+    groups = {id(lin) for m in model.modules() if isinstance(m, GroupShiftedWindowAttention) for lin in m.group_qkv}
+    return {name for name, module in model.named_modules() if type(module) is nn.Linear and id(module) not in groups}
 
 
 def quantize_int8(model: nn.Module, layers: set[str] | None = None) -> nn.Module:
