@@ -75,9 +75,9 @@ def _count_calls(monkeypatch) -> list[int]:
     calls: list[int] = []
     real = fused_mlp.mlp_residual
 
-    def counted(*args):
+    def counted(*args, **kwargs):
         calls.append(1)
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(fused_mlp, "mlp_residual", counted)
     return calls

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
+from agileir.models import token_norm
 from agileir.models.windows import is_exporting
 
 
@@ -61,14 +62,15 @@ def available(x: torch.Tensor, mlp: nn.Module) -> bool:
             and not is_exporting() and _get_current_dispatch_mode() is None)
 
 
-def mlp_residual(h: torch.Tensor, mlp: nn.Module, residual: torch.Tensor) -> torch.Tensor:
+def mlp_residual(h: torch.Tensor, mlp: nn.Module, residual: torch.Tensor, in_place: bool = False) -> torch.Tensor:
     """``residual + fc2(gelu(fc1(h)))`` for (..., C) tensors, each product with its post-op fused.
 
     In fp32 the residual add is fused into fc2 as well; under bf16 autocast the products run in
     bf16 (as autocast runs linear layers) and the residual stream stays float32, so the add is
-    separate, as in the unfused module.
+    separate, as in the unfused module; ``in_place`` does it into ``residual`` (a tensor the caller
+    owns). ``h`` may already be bf16 there (normed in the dtype of the products).
     """
-    dtype = compute_dtype_for(h)
+    dtype = compute_dtype_for(residual)
     shape = h.shape
     flat = h.reshape(-1, shape[-1]).to(dtype)
     w1, b1 = mlp.fc1.weight.to(dtype), None if mlp.fc1.bias is None else mlp.fc1.bias.to(dtype)
@@ -80,7 +82,8 @@ def mlp_residual(h: torch.Tensor, mlp: nn.Module, residual: torch.Tensor) -> tor
         if not other.is_contiguous():
             other = other.contiguous()
         return ops._linear_pointwise.binary(hidden, other, w2, b2, "add").view(residual.shape)
-    return residual + ops._linear_pointwise(hidden, w2, b2, "none", [], "").view(*shape[:-1], -1)
+    branch = ops._linear_pointwise(hidden, w2, b2, "none", [], "").view(*shape[:-1], -1)
+    return token_norm.add_(residual, branch) if in_place else residual + branch
 
 
 __all__ = ["available", "compute_dtype_for", "fusable", "mlp_residual"]

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from agileir.errors import ImageError
-from agileir.models import fused_mlp, heads
+from agileir.models import fused_mlp, heads, token_norm
 from agileir.models.attention.dispatch import is_official, mask_value, plan_attention
 from agileir.models.attention.gswa import GroupShiftedWindowAttention
 from agileir.models.attention.window import WindowAttention
@@ -20,7 +20,7 @@ from agileir.models.config import NetworkConfig
 from agileir.models.recompute import lean_mlp, recompute_branch
 from agileir.models.windows import (ShiftMaskCache, is_exporting, too_small_for_window, traceable_shift_mask,
                                     shifted_window_partition, shifted_window_reverse, window_partition,
-                                    window_reverse)
+                                    window_reverse, window_token_order)
 from agileir.runtime import compute_dtype
 
 RGB_MEAN = (0.4488, 0.4371, 0.4040)  # DIV2K mean, as in SwinIR
@@ -109,6 +109,22 @@ class TransformerBlock(nn.Module):
         y = self.attn(y, mask if self.shift else None, kernel=kernel)  # (B*nW, N, C)
         return shifted_window_reverse(y, self.window_size, h, w, self.shift)
 
+    def _fused_inference(self, x: torch.Tensor) -> bool:
+        """CPU inference off SwinIR's official path (whose figures stand for the official code) with
+        the LayerNorms, gathers and residual adds fused (models/token_norm.py) and the MLP's GELU and
+        add fused into its products (models/fused_mlp.py)."""
+        return (not self.training and not is_official(self.attention, self.attention_impl)
+                and fused_mlp.available(x, self.mlp) and token_norm.available(x, self.norm1, self.norm2))
+
+    def _fused_forward(self, x: torch.Tensor, mask: torch.Tensor | None, kernel: str) -> torch.Tensor:
+        """:meth:`forward` at inference with the fused kernels: the same function, fewer passes."""
+        b, h, w, c = x.shape
+        order, inverse = window_token_order(h, w, self.window_size, self.shift, x.device)
+        y = token_norm.norm_gather(x, self.norm1, order).view(-1, self.window_size ** 2, c)
+        y = self.attn(y, mask if self.shift else None, kernel=kernel)  # (B*nW, N, C), window order
+        x, normed = token_norm.add_norm(x, y, inverse, self.norm2, fused_mlp.compute_dtype_for(x))
+        return fused_mlp.mlp_residual(normed, self.mlp, x, in_place=True)
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         plan = self.plan(x)
         if plan.recompute:
@@ -116,6 +132,8 @@ class TransformerBlock(nn.Module):
                                  outputs_unread=True)  # only permutations follow the attention module
             x = x + self.drop_path(y)
             return x + self.drop_path(lean_mlp(x, self.norm2, self.mlp))
+        if self._fused_inference(x):
+            return self._fused_forward(x, mask, plan.kernel)
         x = x + self.drop_path(self.attention_branch(x, mask, plan.kernel))
         h = self.norm2(x)
         # CPU inference off SwinIR's official path (whose figures stand for the official code):

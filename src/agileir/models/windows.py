@@ -48,6 +48,14 @@ def _shifted_window_order(h: int, w: int, window_size: int, shift: int,
     return order, inverse
 
 
+def window_token_order(h: int, w: int, window_size: int, shift: int,
+                       device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(order, inverse), cached: ``x.view(B, H*W, C)[:, order]`` is
+    ``shifted_window_partition(x, window_size, shift)`` flattened (shift 0: the plain partition),
+    and ``inverse`` undoes it."""
+    return _shifted_window_order(h, w, window_size, shift, device)
+
+
 class _TokenPermutation(torch.autograd.Function):
     """``x.index_select(1, order)`` for a permutation, whose gradient is the inverse permutation
     (a gather too, not index_select's scatter; twice differentiable)."""

@@ -34,12 +34,15 @@ import torch
 
 from agileir.models.attention.core import add_bias_and_mask
 
-__all__ = ["available", "vectorized", "state", "unavailable_reason", "fused_window_attention", "cascade_available",
+__all__ = ["available", "extension", "vectorized", "state", "unavailable_reason", "fused_window_attention", "cascade_available",
            "fused_gswa_cascade", "gswa_cascade_projection_gradients", "FUSED_ENV"]
 
 #: ``0`` turns the fused kernel off (auto plans keep the eager kernel); ``1`` (default) tries it
 FUSED_ENV = "AGILEIR_FUSED"
 _SOURCE = Path(__file__).with_name("csrc") / "window_attention.cpp"
+#: every source of the extension: the attention kernels and the token-row LayerNorm kernels
+#: (:mod:`agileir.models.token_norm`), one module so one build serves both
+_SOURCES = (_SOURCE, _SOURCE.with_name("token_norm.cpp"))
 _NAME = "agileir_window_attention"
 #: -fopenmp: at::parallel_for's OpenMP backend is a header template, serial without it
 _FLAGS = ("-O3", "-march=native", "-fopenmp")
@@ -56,7 +59,9 @@ def _cpu_signature() -> str:
 
 def _build_key() -> str:
     """What the compiled file depends on: the source, the flags, the CPU, PyTorch and Python."""
-    digest = hashlib.sha256(_SOURCE.read_bytes())
+    digest = hashlib.sha256()
+    for source in _SOURCES:
+        digest.update(source.read_bytes())
     digest.update(repr((_FLAGS, _cpu_signature(), torch.__version__, sys.version, platform.machine())).encode())
     return digest.hexdigest()[:12]
 
@@ -66,8 +71,9 @@ def _load():
     """The compiled extension module, or the reason it could not be had (a string)."""
     if os.environ.get(FUSED_ENV, "1") == "0":
         return f"{FUSED_ENV}=0"
-    if not _SOURCE.is_file():
-        return f"its source {_SOURCE} is missing"
+    missing = [str(source) for source in _SOURCES if not source.is_file()]
+    if missing:
+        return f"its source {missing[0]} is missing"
     try:
         from torch.utils import cpp_extension
 
@@ -85,8 +91,9 @@ def _load():
         build.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return cpp_extension.load(name=name, sources=[str(_SOURCE)], extra_cflags=list(_FLAGS),
-                                      extra_ldflags=["-fopenmp"], build_directory=str(build), verbose=False)
+            return cpp_extension.load(name=name, sources=[str(source) for source in _SOURCES],
+                                      extra_cflags=list(_FLAGS), extra_ldflags=["-fopenmp"],
+                                      build_directory=str(build), verbose=False)
     except Exception as err:  # no compiler, no ninja, a build error: the eager kernel stays
         text = str(err).strip()
         return f"{type(err).__name__}: {text.splitlines()[-1] if text else ''}"[:300]
@@ -95,6 +102,12 @@ def _load():
 def available() -> bool:
     """Whether the fused kernel is built (building it now if it was not)."""
     return not isinstance(_load(), str)
+
+
+def extension():
+    """The built extension module (its functions are the kernels), or None where it is not available."""
+    ext = _load()
+    return None if isinstance(ext, str) else ext
 
 
 def vectorized() -> bool:

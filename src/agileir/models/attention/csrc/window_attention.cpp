@@ -953,7 +953,10 @@ bool vectorized() {  // whether float32 takes the AVX2 path (else the plain loop
 #endif
 }
 
+void register_token_norm(pybind11::module& m);  // token_norm.cpp
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  register_token_norm(m);
   m.def("vectorized", &vectorized, "whether float32 runs the AVX2 path");
 #if defined(__AVX2__) && defined(__FMA__)
   m.def("cascade_forward", &cascade_forward, "GSWA's group cascade, fused per window (float32)");

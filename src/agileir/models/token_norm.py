@@ -1,0 +1,73 @@
+"""A transformer block's LayerNorms fused with the window gathers and residual adds (CPU inference).
+
+Why: at inference each LayerNorm, the (shifted) window gather before the attention, the reverse
+gather after it and each residual add is a separate pass over a feature map much larger than the
+caches, and ATen's LayerNorm is slow at 60 channels (4.2 ms of a 256x256 input's 65536 tokens,
+one thread). The extension's ``token_norm.cpp`` does gather, add and norm while a token's row is
+in registers, and writes the normed row in the dtype the next product reads (bf16 under bf16
+autocast), so no cast follows. Statistics in float32 as :class:`torch.nn.LayerNorm`; results
+equal it up to float32 rounding (the tests bound it against float64). The unfused block stays the
+reference and runs wherever :func:`available` is False (training, autograd, export, FLOP
+counting, a CPU where the extension did not build).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+from agileir.models.attention import fused
+from agileir.models.windows import is_exporting
+
+_EMPTY = torch.empty(0, dtype=torch.int64)
+
+
+def _plain_norm(norm: nn.Module, channels: int) -> bool:
+    return (type(norm) is nn.LayerNorm and norm.normalized_shape == (channels,) and norm.weight is not None
+            and norm.bias is not None and norm.weight.dtype == torch.float32 and norm.bias.dtype == torch.float32)
+
+
+def available(x: torch.Tensor, *norms: nn.Module) -> bool:
+    """Whether the fused kernels may run for ``x`` (a float32 CPU tensor of token rows) and these
+    LayerNorms: no gradients (the kernels have no backward), not while exporting or under a Python
+    dispatch mode, the extension built with its AVX2 path."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+            and all(_plain_norm(norm, x.shape[-1]) for norm in norms) and not is_exporting()
+            and _get_current_dispatch_mode() is None and fused.vectorized()
+            and hasattr(fused.extension(), "norm_gather"))
+
+
+def _order(order: torch.Tensor | None) -> torch.Tensor:
+    return _EMPTY if order is None else order.contiguous()
+
+
+def norm_gather(x: torch.Tensor, norm: nn.LayerNorm, order: torch.Tensor | None = None,
+                dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``norm(x)`` with each image's tokens taken in ``order`` (B, H, W, C) -> (B, H*W, C), in ``dtype``
+    (float32 or bfloat16). ``order``: a permutation of one image's H*W token indices, or None."""
+    h = x.reshape(x.shape[0], -1, x.shape[-1]).contiguous()
+    return fused.extension().norm_gather(h, _order(order), norm.weight, norm.bias, norm.eps, dtype == torch.bfloat16)
+
+
+def add_norm(x: torch.Tensor, y: torch.Tensor, order: torch.Tensor | None, norm: nn.LayerNorm,
+             dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(s, norm(s))`` for ``s = x + y`` with y's rows of each image taken in ``order``: the residual
+    add after a window attention (y in window order, float32 or bf16) and the LayerNorm of the
+    MLP. ``s`` is float32 shaped like x; the normed rows are in ``dtype``."""
+    xs = x.contiguous()
+    s, normed = fused.extension().add_norm(xs.view(xs.shape[0], -1, xs.shape[-1]), y.contiguous(), _order(order),
+                                       norm.weight, norm.bias, norm.eps, dtype == torch.bfloat16)
+    return s.view(x.shape), normed.view(x.shape)
+
+
+def add_(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``x += y`` in place for a contiguous float32 ``x``; a bf16 ``y`` without ATen's slower
+    mixed-dtype loop (the same float32 sums)."""
+    if y.dtype == torch.bfloat16 and x.is_contiguous() and hasattr(fused.extension(), "add_bf16_"):
+        fused.extension().add_bf16_(x, y.contiguous())
+        return x
+    return x.add_(y)
+
+
+__all__ = ["available", "norm_gather", "add_norm", "add_"]

@@ -1,0 +1,141 @@
+"""The fused LayerNorm / gather / residual-add kernels against float64 maths, and the block that uses them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from agileir.models import token_norm
+from agileir.models.attention import fused
+from agileir.models.presets import build_model
+from agileir.models.windows import shifted_window_partition, window_token_order
+
+pytestmark = pytest.mark.skipif(not fused.vectorized() or not hasattr(fused.extension(), "norm_gather"),
+                                reason="the fused CPU extension did not build with its AVX2 path here")
+
+# float32 LayerNorm of unit-scale rows: a few ulps of values of magnitude ~3 (1e-6 relative)
+FP32_TOL = 1e-5
+# bf16 output: the float64 result rounded once to 8 bits of mantissa, plus the float32 statistics'
+# ulps that may move a value across a rounding boundary: one bf16 step at |v| < 4 is 2^-6
+BF16_TOL = 2.0 ** -6
+
+
+def _norm(c: int) -> nn.LayerNorm:
+    torch.manual_seed(1)
+    norm = nn.LayerNorm(c)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    return norm
+
+
+def _reference(rows: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+    r = rows.double()
+    mean = r.mean(-1, keepdim=True)
+    var = ((r - mean) ** 2).mean(-1, keepdim=True)
+    return (r - mean) / torch.sqrt(var + norm.eps) * norm.weight.double() + norm.bias.double()
+
+
+@pytest.mark.parametrize("c", [60, 12, 7, 180])  # vector body + tail, tail only, several vectors
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_norm_gather_is_layer_norm_of_the_permuted_rows(c: int, dtype: torch.dtype) -> None:
+    norm = _norm(c)
+    x = torch.randn(2, 4, 6, c) * 3 + 1
+    order = torch.randperm(24)
+    with torch.no_grad():
+        out = token_norm.norm_gather(x, norm, order, dtype)
+    assert out.shape == (2, 24, c) and out.dtype == dtype
+    ref = _reference(x.reshape(2, 24, c)[:, order], norm)
+    assert (out.double() - ref).abs().max().item() < (FP32_TOL if dtype == torch.float32 else BF16_TOL)
+    if dtype == torch.bfloat16:  # rounded to nearest: as torch's own cast of the float32 result
+        fp32 = token_norm.norm_gather(x, norm, order)
+        assert (out.double() - fp32.to(torch.bfloat16).double()).abs().max().item() <= BF16_TOL / 2
+
+
+def test_norm_gather_without_order_and_on_the_window_order_of_the_network() -> None:
+    norm = _norm(12)
+    x = torch.randn(1, 8, 8, 12)
+    with torch.no_grad():
+        plain = token_norm.norm_gather(x, norm)
+        order, _ = window_token_order(8, 8, 4, 2, x.device)
+        windows = token_norm.norm_gather(x, norm, order).view(-1, 16, 12)
+        ref = shifted_window_partition(norm(x), 4, 2)
+    assert (plain.double() - _reference(x.reshape(1, 64, 12), norm)).abs().max().item() < FP32_TOL
+    assert (windows - ref).abs().max().item() < FP32_TOL
+
+
+@pytest.mark.parametrize("ydtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_add_norm_adds_the_reordered_rows_and_norms_the_sum(ydtype: torch.dtype, dtype: torch.dtype) -> None:
+    norm = _norm(60)
+    x = torch.randn(2, 4, 6, 60)
+    y = torch.randn(2, 24, 60).to(ydtype)
+    order = torch.randperm(24)
+    with torch.no_grad():
+        s, normed = token_norm.add_norm(x, y, order, norm, dtype)
+    expected = x.reshape(2, 24, 60) + y[:, order].float()  # one float32 add per element: exact
+    assert s.dtype == torch.float32 and s.shape == x.shape
+    assert torch.equal(s.reshape(2, 24, 60), expected)
+    assert normed.dtype == dtype and normed.shape == x.shape
+    tol = FP32_TOL if dtype == torch.float32 else BF16_TOL
+    assert (normed.reshape(2, 24, 60).double() - _reference(expected, norm)).abs().max().item() < tol
+
+
+def test_add_in_place_of_a_bf16_branch_is_the_float32_sum() -> None:
+    x = torch.randn(3, 1000)
+    y = torch.randn(3, 1000).to(torch.bfloat16)
+    expected = x + y  # ATen's promotion: float32(x) + float32(y)
+    out = token_norm.add_(x, y)
+    assert out is x and torch.equal(x, expected)
+
+
+def test_not_available_where_it_must_not_run() -> None:
+    norm, x = _norm(12), torch.randn(2, 4, 4, 12)
+    assert not token_norm.available(x, norm)  # gradients on: no backward
+    with torch.no_grad():
+        assert token_norm.available(x, norm)
+        assert not token_norm.available(x.double(), norm)
+        assert not token_norm.available(x, nn.LayerNorm(12, elementwise_affine=False))
+        assert not token_norm.available(x, nn.LayerNorm(8))
+        with FlopCounterMode(display=False):
+            assert not token_norm.available(x, norm)
+
+
+TINY = dict(embed_dim=12, depths=(2, 2), num_heads=(3, 3), window_size=4, scale=2)
+
+
+@pytest.mark.parametrize("preset, extra", [("agileir-s", dict(key_dim=2)), ("swinir-s", dict(attention_impl="sdpa"))])
+def test_network_inference_takes_the_fused_blocks_and_agrees_with_the_unfused_ones(monkeypatch, preset, extra) -> None:
+    """The whole network (shifted and unshifted blocks, padding to the window) with the fused blocks
+    against the same weights with them turned off: float32 rounding only."""
+    calls: list[int] = []
+    real_gather = token_norm.norm_gather
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real_gather(*args, **kwargs)
+
+    monkeypatch.setattr(token_norm, "norm_gather", counted)
+    torch.manual_seed(0)
+    model = build_model(preset, **TINY, **extra).eval()
+    x = torch.rand(1, 3, 10, 13)
+    with torch.no_grad():
+        out = model(x)
+        assert len(calls) == 4  # every block
+        monkeypatch.setattr(token_norm, "available", lambda *args: False)
+        ref = model(x)
+    assert len(calls) == 4
+    assert (out - ref).abs().max().item() < 1e-5
+
+
+def test_official_swinir_and_training_keep_the_unfused_blocks(monkeypatch) -> None:
+    calls: list[int] = []
+    monkeypatch.setattr(token_norm, "norm_gather", lambda *a, **k: calls.append(1))
+    official = build_model("swinir-s", **TINY).eval()
+    with torch.no_grad():
+        official(torch.rand(1, 3, 8, 8))
+    agile = build_model("agileir-s", **TINY, key_dim=2).train()
+    agile(torch.rand(1, 3, 8, 8)).sum().backward()
+    assert calls == []
