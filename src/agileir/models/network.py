@@ -111,10 +111,10 @@ class TransformerBlock(nn.Module):
 
     def _fused_inference(self, x: torch.Tensor) -> bool:
         """CPU inference off SwinIR's official path (whose figures stand for the official code) with
-        the LayerNorms, gathers and residual adds fused (models/token_norm.py) and the MLP's GELU and
-        add fused into its products (models/fused_mlp.py)."""
+        the LayerNorms, gathers and residual adds fused (models/token_norm.py) and, where the MLP is
+        two float linears, its GELU and add fused into its products (models/fused_mlp.py)."""
         return (not self.training and not is_official(self.attention, self.attention_impl)
-                and fused_mlp.available(x, self.mlp) and token_norm.available(x, self.norm1, self.norm2))
+                and token_norm.available(x, self.norm1, self.norm2))
 
     def _fused_forward(self, x: torch.Tensor, mask: torch.Tensor | None, kernel: str) -> torch.Tensor:
         """:meth:`forward` at inference with the fused kernels: the same function, fewer passes."""
@@ -122,8 +122,12 @@ class TransformerBlock(nn.Module):
         order, inverse = window_token_order(h, w, self.window_size, self.shift, x.device)
         y = token_norm.norm_gather(x, self.norm1, order).view(-1, self.window_size ** 2, c)
         y = self.attn(y, mask if self.shift else None, kernel=kernel)  # (B*nW, N, C), window order
-        x, normed = token_norm.add_norm(x, y, inverse, self.norm2, fused_mlp.compute_dtype_for(x))
-        return fused_mlp.mlp_residual(normed, self.mlp, x, in_place=True)
+        fused_products = fused_mlp.available(x, self.mlp)  # not for an int8 MLP
+        dtype = fused_mlp.compute_dtype_for(x) if fused_products else torch.float32
+        x, normed = token_norm.add_norm(x, y, inverse, self.norm2, dtype)
+        if fused_products:
+            return fused_mlp.mlp_residual(normed, self.mlp, x, in_place=True)
+        return token_norm.add_(x, self.mlp(normed))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         plan = self.plan(x)
