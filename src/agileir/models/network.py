@@ -120,11 +120,14 @@ class TransformerBlock(nn.Module):
         """:meth:`forward` at inference with the fused kernels: the same function, fewer passes."""
         b, h, w, c = x.shape
         order, inverse = window_token_order(h, w, self.window_size, self.shift, x.device)
-        y = token_norm.norm_gather(x, self.norm1, order).view(-1, self.window_size ** 2, c)
-        y = self.attn(y, mask if self.shift else None, kernel=kernel)  # (B*nW, N, C), window order
+        # the normed windows are only the attention's argument, and the attention's output is
+        # released before the MLP: neither outlives its use (peak memory as the unfused block's)
+        y = self.attn(token_norm.norm_gather(x, self.norm1, order).view(-1, self.window_size ** 2, c),
+                      mask if self.shift else None, kernel=kernel)  # (B*nW, N, C), window order
         fused_products = fused_mlp.available(x, self.mlp)  # not for an int8 MLP
         dtype = fused_mlp.compute_dtype_for(x) if fused_products else torch.float32
         x, normed = token_norm.add_norm(x, y, inverse, self.norm2, dtype)
+        del y
         if fused_products:
             return fused_mlp.mlp_residual(normed, self.mlp, x, in_place=True)
         return token_norm.add_(x, self.mlp(normed))
