@@ -165,3 +165,36 @@ def test_int8_models_take_the_fused_blocks_with_their_quantized_mlp(monkeypatch)
         monkeypatch.setattr(token_norm, "available", lambda *args: False)
         ref = model(x)
     assert (out - ref).abs().max().item() < 1e-4
+
+
+def test_fused_blocks_release_the_attention_output_before_the_mlp(monkeypatch) -> None:
+    """Peak memory: the attention's output (a whole feature map) is dead by the time the MLP runs,
+    as in the unfused block, where it is a temporary of the residual add."""
+    import weakref
+
+    from agileir.models import fused_mlp
+
+    torch.manual_seed(0)
+    model = build_model("agileir-s", **TINY, key_dim=2).eval()
+    block = model.layers[0].residual_group.blocks[1]  # a shifted block
+    outputs: list = []
+    real_forward = block.attn.forward
+
+    def attn_forward(*args, **kwargs):
+        out = real_forward(*args, **kwargs)
+        outputs.append(weakref.ref(out))
+        return out
+
+    alive_at_mlp: list[bool] = []
+    real_mlp = fused_mlp.mlp_residual
+
+    def mlp_residual(*args, **kwargs):
+        if outputs and len(alive_at_mlp) < len(outputs):
+            alive_at_mlp.append(outputs[-1]() is not None)
+        return real_mlp(*args, **kwargs)
+
+    monkeypatch.setattr(block.attn, "forward", attn_forward)
+    monkeypatch.setattr(fused_mlp, "mlp_residual", mlp_residual)
+    with torch.no_grad():
+        model(torch.rand(1, 3, 8, 8))
+    assert alive_at_mlp == [False]
