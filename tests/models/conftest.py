@@ -1,12 +1,14 @@
 """Makes the float64 numpy reference (reference.py, next to this file) importable by the tests
 in this folder as ``agileir_tests_reference`` (a unique module name, so it cannot collide with
-another test folder's helpers)."""
+another test folder's helpers), and the ``count_calls`` fixture."""
 
 from __future__ import annotations
 
 import importlib.util
 import pathlib
 import sys
+
+import pytest
 
 _NAME = "agileir_tests_reference"
 
@@ -23,3 +25,22 @@ def _load_reference():
 
 
 _load_reference()
+
+
+@pytest.fixture
+def count_calls(monkeypatch):
+    """``count_calls(module, name)`` wraps ``module.name`` so each call is recorded (the real one
+    still runs) and returns the list the calls are appended to: which fast path a forward took."""
+
+    def install(module, name: str) -> list[int]:
+        calls: list[int] = []
+        real = getattr(module, name)
+
+        def counted(*args, **kwargs):
+            calls.append(1)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, counted)
+        return calls
+
+    return install

@@ -71,23 +71,11 @@ def test_not_available_where_it_must_not_run() -> None:
             assert not fused_mlp.available(h, mlp)
 
 
-def _count_calls(monkeypatch) -> list[int]:
-    calls: list[int] = []
-    real = fused_mlp.mlp_residual
-
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(fused_mlp, "mlp_residual", counted)
-    return calls
-
-
 TINY = dict(embed_dim=12, depths=(2,), num_heads=(3,), window_size=4, key_dim=2, scale=2)
 
 
-def test_network_inference_uses_it_off_the_official_path_and_agrees_with_the_eager_module(monkeypatch) -> None:
-    calls = _count_calls(monkeypatch)
+def test_network_inference_uses_it_off_the_official_path_and_agrees_with_the_eager_module(count_calls) -> None:
+    calls = count_calls(fused_mlp, "mlp_residual")
     torch.manual_seed(0)
     model = build_model("agileir-s", **TINY).eval()
     x = torch.rand(1, 3, 12, 20)
@@ -100,8 +88,8 @@ def test_network_inference_uses_it_off_the_official_path_and_agrees_with_the_eag
     assert (out - ref).abs().max().item() < 1e-5
 
 
-def test_official_swinir_keeps_the_unfused_module(monkeypatch) -> None:
-    calls = _count_calls(monkeypatch)
+def test_official_swinir_keeps_the_unfused_module(count_calls) -> None:
+    calls = count_calls(fused_mlp, "mlp_residual")
     tiny = {k: v for k, v in TINY.items() if k != "key_dim"}
     official = build_model("swinir-s", **tiny).eval()
     fast = build_model("swinir-s", **tiny, attention_impl="sdpa").eval()

@@ -103,7 +103,7 @@ def test_shifted_window_index_cached_in_inference_mode_trains_later():
     """The cached gather index first built under ``torch.inference_mode`` (an upscale before a
     training step, as in one process running both) is still usable by autograd afterwards."""
     m, h, w, shift = 4, 12, 20, 2  # a feature size no other test caches
-    windows._shifted_window_order.cache_clear()
+    windows.window_token_order.cache_clear()
     with torch.inference_mode():
         windows.shifted_window_partition(torch.randn(1, h, w, 3), m, shift)
     x = torch.randn(1, h, w, 3, requires_grad=True)

@@ -107,17 +107,11 @@ TINY = dict(embed_dim=12, depths=(2, 2), num_heads=(3, 3), window_size=4, scale=
 
 
 @pytest.mark.parametrize("preset, extra", [("agileir-s", dict(key_dim=2)), ("swinir-s", dict(attention_impl="sdpa"))])
-def test_network_inference_takes_the_fused_blocks_and_agrees_with_the_unfused_ones(monkeypatch, preset, extra) -> None:
+def test_network_inference_takes_the_fused_blocks_and_agrees_with_the_unfused_ones(monkeypatch, count_calls,
+                                                                                    preset, extra) -> None:
     """The whole network (shifted and unshifted blocks, padding to the window) with the fused blocks
     against the same weights with them turned off: float32 rounding only."""
-    calls: list[int] = []
-    real_gather = token_norm.norm_gather
-
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return real_gather(*args, **kwargs)
-
-    monkeypatch.setattr(token_norm, "norm_gather", counted)
+    calls = count_calls(token_norm, "norm_gather")
     torch.manual_seed(0)
     model = build_model(preset, **TINY, **extra).eval()
     x = torch.rand(1, 3, 10, 13)
@@ -141,7 +135,7 @@ def test_official_swinir_and_training_keep_the_unfused_blocks(monkeypatch) -> No
     assert calls == []
 
 
-def test_int8_models_take_the_fused_blocks_with_their_quantized_mlp(monkeypatch) -> None:
+def test_int8_models_take_the_fused_blocks_with_their_quantized_mlp(monkeypatch, count_calls) -> None:
     """int8 MLPs are not oneDNN's fused products, but the norms, gathers and adds around them are:
     the same outputs as the unfused int8 blocks up to float32 rounding of the norms (2.4e-7 with
     this seed; a rounding that moved an activation across a step of the dynamic quantization
@@ -150,14 +144,7 @@ def test_int8_models_take_the_fused_blocks_with_their_quantized_mlp(monkeypatch)
 
     torch.manual_seed(0)
     model = quantize_int8(build_model("agileir-s", **TINY, key_dim=2).eval())
-    calls: list[int] = []
-    real_add = token_norm.add_
-
-    def counted(*args):
-        calls.append(1)
-        return real_add(*args)
-
-    monkeypatch.setattr(token_norm, "add_", counted)
+    calls = count_calls(token_norm, "add_")
     x = torch.rand(1, 3, 8, 12)
     with torch.no_grad():
         out = model(x)

@@ -31,9 +31,11 @@ def window_reverse(windows: torch.Tensor, window_size: int, h: int, w: int) -> t
 
 
 @functools.lru_cache(maxsize=32)
-def _shifted_window_order(h: int, w: int, window_size: int, shift: int,
-                          device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token indices (row-major in the image) in the order of the shifted windows, and the inverse.
+def window_token_order(h: int, w: int, window_size: int, shift: int,
+                       device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token indices (row-major in the image) in the order of the shifted windows, and the inverse:
+    ``x.view(B, H*W, C)[:, order]`` is ``shifted_window_partition(x, window_size, shift)``
+    flattened (shift 0: the plain partition), and ``inverse`` undoes it.
 
     Built outside inference mode whatever the caller's mode: the cache outlives the call, and an
     inference tensor first cached by ``agileir upscale`` could not be saved for a later backward.
@@ -46,14 +48,6 @@ def _shifted_window_order(h: int, w: int, window_size: int, shift: int,
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.numel(), device=device)
     return order, inverse
-
-
-def window_token_order(h: int, w: int, window_size: int, shift: int,
-                       device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(order, inverse), cached: ``x.view(B, H*W, C)[:, order]`` is
-    ``shifted_window_partition(x, window_size, shift)`` flattened (shift 0: the plain partition),
-    and ``inverse`` undoes it."""
-    return _shifted_window_order(h, w, window_size, shift, device)
 
 
 class _TokenPermutation(torch.autograd.Function):
@@ -85,7 +79,7 @@ def shifted_window_partition(x: torch.Tensor, window_size: int, shift: int) -> t
     b, h, w, c = x.shape
     if is_exporting():
         return window_partition(torch.roll(x, shifts=(-shift, -shift), dims=(1, 2)), window_size)
-    order, inverse = _shifted_window_order(h, w, window_size, shift, x.device)
+    order, inverse = window_token_order(h, w, window_size, shift, x.device)
     return _TokenPermutation.apply(x.reshape(b, h * w, c), order, inverse).view(-1, window_size * window_size, c)
 
 
@@ -96,7 +90,7 @@ def shifted_window_reverse(windows: torch.Tensor, window_size: int, h: int, w: i
     if is_exporting():
         return torch.roll(window_reverse(windows, window_size, h, w), shifts=(shift, shift), dims=(1, 2))
     c = windows.shape[-1]
-    order, inverse = _shifted_window_order(h, w, window_size, shift, windows.device)
+    order, inverse = window_token_order(h, w, window_size, shift, windows.device)
     return _TokenPermutation.apply(windows.reshape(-1, h * w, c), inverse, order).view(-1, h, w, c)
 
 
