@@ -299,3 +299,99 @@ def test_gswa_runs_the_cascade_in_float32_only(monkeypatch):
         out = attn(x, mask, kernel="fused")
     assert calls == [16] and out.dtype == torch.bfloat16
     assert (out.float() - outs["eager"]).abs().max() <= 2e-2 * outs["eager"].abs().max()
+
+
+# ---- The cascade's bf16 kernel on AMX (inference) --------------------------------------------------
+needs_amx = pytest.mark.skipif(not fused.cascade_bf16_available(),
+                               reason="no AMX bf16 tiles here (or the kernel is not built)")
+AMX_CASCADES = {  # (B_, G, window m, dk, dv, depthwise kernel, mask window grid)
+    "agileir-s-shifted": (16, 6, 8, 8, 10, 3, (16, 32, 8)),
+    "no-conv-dv16": (4, 3, 8, 4, 16, 0, None),  # the column of ones in a second block of v
+    "window16-dv30": (2, 2, 16, 16, 30, 3, (32, 16, 16)),  # agileir-m's dk and dv, 256 tokens
+}
+
+
+def bf16_cascade_reference(x, weight, qkv_bias, dw, dw_bias, bias, mask, m, scale):
+    """What the bf16 kernel computes, in float64: q, k, v and the unnormalised probabilities
+    rounded to bf16, everything else exact; the row sums of the rounded probabilities; ReLU out."""
+    rnd = lambda t: t.to(torch.bfloat16).double()  # noqa: E731
+    groups, e, dv = weight.shape
+    dk, (b_, n, _) = (e - dv) // 2, x.shape
+    ys, y = [], None
+    for j in range(groups):
+        z = x[..., j * dv:(j + 1) * dv].double() + (0 if y is None else y)
+        q0, k, v = (z @ weight[j].double().T + qkv_bias[j].double()).split([dk, dk, dv], dim=-1)
+        if dw is None:
+            q = q0 * scale
+        else:
+            grid = q0.transpose(1, 2).reshape(b_, dk, m, m)
+            q = torch.nn.functional.conv2d(grid, dw[j].double().unsqueeze(1), dw_bias[j].double(),
+                                           padding=dw.shape[-1] // 2, groups=dk).reshape(b_, dk, n).transpose(1, 2)
+        s = rnd(q) @ rnd(k).transpose(1, 2) + bias[j].double()
+        if mask is not None:
+            s = s + mask.double().repeat(b_ // mask.shape[0], 1, 1)
+        p = rnd(torch.exp(s - s.amax(-1, keepdim=True)))
+        y = (p @ rnd(v)) / p.sum(-1, keepdim=True)
+        ys.append(y)
+    return torch.cat(ys, dim=-1).clamp_min(0)
+
+
+@needs_amx
+@pytest.mark.parametrize("case", list(AMX_CASCADES))
+def test_bf16_cascade_matches_the_float64_reference_within_bf16_rounding(case):
+    """The AMX kernel against float64 twice. Against the same roundings emulated in float64, what is
+    left is the kernel's float32 sums and its output's own rounding to bf16 (2^-9 of each value):
+    6e-3 of the largest output at worst, 3e-3 of the RMS. Against exact float64, the roundings
+    of q, k, P and v add up through the groups (more with dk 16 and 256 tokens): 2e-2 of the
+    largest, 1e-2 of the RMS. Probabilities are exact zeros under the -100 mask's pairs."""
+    b_, groups, m, dk, dv, ks, grid = AMX_CASCADES[case]
+    x, weight, qkv_bias, dw, dw_bias, bias = (t if t is None else t.detach()
+                                              for t in _cascade_inputs(b_, groups, m, dk, dv, ks))
+    mask = None if grid is None else shift_mask(grid[0], grid[1], grid[2], grid[2] // 2)
+    scale = dk ** -0.5
+    out = fused.fused_gswa_cascade_bf16(x, weight, qkv_bias, dw, dw_bias, bias, mask, m, scale, True)
+    assert out.dtype == torch.bfloat16 and out.shape == x.shape
+    rms = lambda t: t.square().mean().sqrt()  # noqa: E731
+    emulated = bf16_cascade_reference(x, weight, qkv_bias, dw, dw_bias, bias, mask, m, scale)
+    want = cascade_reference(x, weight, qkv_bias, dw, dw_bias, bias, mask, m, scale, True)
+    assert (out.double() - emulated).abs().max() <= 6e-3 * want.abs().max()
+    assert rms(out.double() - emulated) <= 3e-3 * rms(want)
+    assert (out.double() - want).abs().max() <= 2e-2 * want.abs().max()
+    assert rms(out.double() - want) <= 1e-2 * rms(want)
+    if mask is not None:  # the bounds see a wrong kernel: without the shift mask the outputs move by far more
+        unmasked = cascade_reference(x, weight, qkv_bias, dw, dw_bias, bias, None, m, scale, True)
+        assert rms(unmasked - want) > 10 * rms(out.double() - want)
+
+
+@needs_amx
+def test_gswa_takes_the_bf16_cascade_under_bf16_autocast_inference_only(monkeypatch):
+    """bf16 autocast without autograd on an AMX CPU: the bf16 kernel, close to float32 (2e-2 of the
+    largest output: bf16 rounding, as above, and the output projection's own); with autograd, in
+    float32, or where the kernel is unavailable or the windows unsupported (7x7): the float32
+    cascade, the same function."""
+    from agileir.models.attention import gswa
+
+    calls = []
+    real = fused.fused_gswa_cascade_bf16
+    monkeypatch.setattr(fused, "fused_gswa_cascade_bf16", lambda *a: calls.append(a[0].shape[0]) or real(*a))
+    torch.manual_seed(0)
+    attn = gswa.GroupShiftedWindowAttention(60, 8, 6).eval()
+    x, mask = torch.randn(16, 64, 60), shift_mask(16, 32, 8, 4)
+    with torch.no_grad():
+        want = attn(x, mask, kernel="fused")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = attn(x, mask, kernel="fused")
+        assert calls == [16] and got.dtype == torch.bfloat16
+        assert (got.float() - want).abs().max() <= 2e-2 * want.abs().max()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            monkeypatch.setattr(fused, "cascade_bf16_available", lambda: False)
+            fallback = attn(x, mask, kernel="fused")
+        assert calls == [16] and (fallback.float() - want).abs().max() <= 2e-2 * want.abs().max()
+    monkeypatch.undo()
+    monkeypatch.setattr(fused, "fused_gswa_cascade_bf16", lambda *a: calls.append(a[0].shape[0]) or real(*a))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        attn(x.requires_grad_(), mask, kernel="fused")  # autograd: float32 cascade
+        with torch.no_grad():
+            small = gswa.GroupShiftedWindowAttention(60, 7, 6).eval()
+            small(torch.randn(4, 49, 60), None, kernel="fused")  # 49 tokens: not a multiple of 32
+    assert calls == [16]

@@ -144,7 +144,10 @@ class GroupShiftedWindowAttention(RelativePositionBias):
                     and type(self.proj) is nn.Linear):  # a training recompute: only the gradients
                 return fused.gswa_cascade_projection_gradients(x, *cascade, bias, mask, self.window_size, self.scale,
                                                                relu, self.proj.weight, self.proj.bias)
-            y = fused.fused_gswa_cascade(x, *cascade, bias, mask, self.window_size, self.scale, relu)
+            # bf16 autocast inference on an AMX CPU: the cascade's N x N products on the matrix units
+            run = (fused.fused_gswa_cascade_bf16 if fused.cascade_bf16_applies(x, self.key_dim, self.group_dim)
+                   else fused.fused_gswa_cascade)
+            y = run(x, *cascade, bias, mask, self.window_size, self.scale, relu)
             return self.proj(y if relu else self.act(y))
         outputs, y = [], None
         for j, x_j in enumerate(x.split(self.group_dim, dim=-1)):
@@ -168,7 +171,8 @@ class GroupShiftedWindowAttention(RelativePositionBias):
             width = aligned_width(self.group_dim) if align else self.group_dim
             # float32 inputs only (float64 keeps the per-group kernel's double path); under bf16
             # autocast too: the groups' projections (K = C/G) gain nothing from bf16 units, and on an
-            # AVX-512 BF16 CPU the cascade made agileir-s bf16 inference 0.58x its per-group time
+            # AVX-512 BF16 CPU the cascade made agileir-s bf16 inference 0.58x its per-group time.
+            # On an AMX CPU, bf16 inference takes the cascade's bf16 kernel (see _windows)
             cascade = (self.cascade_parameters() if kernel == "fused" and x.dtype == torch.float32
                        else None)
             projections = self.group_projections(width) if cascade is None else []

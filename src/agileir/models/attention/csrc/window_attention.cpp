@@ -13,7 +13,8 @@
 // kernels.py floors them): no float32 subnormal ever enters a product.
 //
 // The float32 AVX2 build also fuses GSWA's whole group cascade per window (cascade_forward /
-// cascade_backward, below the attention kernels).
+// cascade_backward, below the attention kernels), and on AMX CPUs a bf16 inference version of it
+// whose N x N products run on the tiles (cascade_forward_bf16).
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -27,6 +28,10 @@
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
+#endif
+#if defined(__AMX_TILE__)
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 
 namespace {
@@ -884,6 +889,204 @@ std::vector<at::Tensor> cascade_backward(const at::Tensor& x, const at::Tensor& 
   at::Tensor ddwb = c.ks ? ddwb_t.sum(0) : at::empty({0}, x.options());
   return {dx, dweight, dbq, ddw, ddwb, dbias_t.sum(0)};
 }
+// ---- The same cascade in bf16 on AMX, for inference -------------------------------------------
+// Under bf16 autocast at inference the cascade's two N x N products (S = q k^T and y = P v) run on
+// the matrix units: q, k, P and v rounded to bf16, products accumulated in float32, the scores
+// prefilled with the bias by the tile load, the softmax and every sum in float32 (P stored as
+// bf16 unnormalised, its row sums taken from the rounded values, so y = P v / sum is a weighted
+// mean of v: v carries a column of ones, so the product itself gives each row's sum, no horizontal
+// sum per row). Each group's projection and depthwise conv stay the float32 kernels above (K =
+// C/G: too short for the tiles). Windows of a multiple of 32 tokens, dk <= 16, dv <= 64.
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && defined(__AVX512BW__)
+#define AGILEIR_AMX 1
+
+// The process's permission to use the tile registers (Linux asks for it once per process).
+bool amx_permitted() {
+  static const bool permitted = [] {
+    constexpr long kGetPerm = 0x1022, kReqPerm = 0x1023, kXtileData = 18;
+    unsigned long bits = 0;
+    if (syscall(SYS_arch_prctl, kGetPerm, &bits) == 0 && (bits & (1ul << kXtileData))) return true;
+    return syscall(SYS_arch_prctl, kReqPerm, kXtileData) == 0;
+  }();
+  return permitted;
+}
+
+bool cascade_bf16_supported(int64_t n, int64_t dk, int64_t dv) {
+  return n % 32 == 0 && n <= 256 && dk >= 1 && dk <= 16 && dv >= 1 && dv <= 64;
+}
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// tmm0: a 16-row block of q (dk2 bf16 columns); tmm1, tmm7: 16 keys of k^T in pairs (dk2 / 2
+// rows; two, so a load does not wait for the product reading the other); tmm2, tmm3: score
+// blocks; tmm4: 32 columns of P; tmm5: 32 rows of v in pairs; tmm6: a y block
+TileConfig cascade_tiles(int64_t dk2) {
+  TileConfig t;
+  for (int r = 1; r < 8; ++r) t.rows[r] = 16, t.colsb[r] = 64;
+  t.rows[0] = 16, t.colsb[0] = static_cast<uint16_t>(2 * dk2);
+  t.rows[1] = t.rows[7] = static_cast<uint8_t>(dk2 / 2);
+  return t;
+}
+
+inline __m256i f32_to_bf16(__m512 v) { return (__m256i)_mm512_cvtneps_pbh(v); }
+inline __mmask16 first(int64_t count) {  // the first `count` of 16 lanes
+  return static_cast<__mmask16>(count >= 16 ? 0xffff : count <= 0 ? 0 : (1u << count) - 1);
+}
+
+// exp(x - shift) on 16 lanes, the float32 kernel's polynomial; zero at or below kFloor
+inline __m512 exp16(__m512 x, __m512 shift) {
+  const __m512 floor = _mm512_set1_ps(kFloor);
+  __m512 xv = _mm512_sub_ps(x, shift);
+  const __mmask16 keep = _mm512_cmp_ps_mask(xv, floor, _CMP_GT_OQ);
+  xv = _mm512_max_ps(xv, floor);
+  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(xv, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), xv);
+  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 y = _mm512_fmadd_ps(_mm512_set1_ps(1.9875691500e-4f), r, _mm512_set1_ps(1.3981999507e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+  y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_maskz_mov_ps(keep, _mm512_scalef_ps(y, k));
+}
+
+struct Bf16Workspace {  // one thread's buffers for one window's cascade
+  std::vector<float> z, qkv, q, s, y;
+  std::vector<uint16_t> qb, pb;
+  std::vector<uint32_t> kv, vv;  // bf16 pairs: k^T (dk2/2 x n), v (n/2 x dvb)
+  Bf16Workspace(const Cascade& c, int64_t dk2, int64_t dvb)
+      : z(c.n * c.dvp), qkv(c.n * c.ep), q(c.n * c.dkp), s(c.n * c.n), y(c.n * dvb), qb(c.n * dk2),
+        pb(c.n * c.n), kv(dk2 / 2 * c.n), vv(c.n / 2 * dvb) {}
+};
+
+void cascade_window_bf16(const Cascade& c, int64_t w, const float* xw, Bf16Workspace& b, int64_t dk2, int64_t dvb,
+                         at::BFloat16* out) {
+  const int64_t n = c.n, cdim = c.groups * c.dv;
+  const float* mask = c.nw && !c.mask_zero[w % c.nw] ? c.mask + (w % c.nw) * n * c.np : nullptr;
+  uint16_t* ob = reinterpret_cast<uint16_t*>(out);
+  for (int64_t j = 0; j < c.groups; ++j) {
+    for (int64_t i = 0; i < n; ++i) {  // z = x_j + y_{j-1} (dv <= 64: up to four registers)
+      for (int64_t d = 0; d < c.dv; d += 16) {
+        const __mmask16 mk = first(c.dv - d);
+        __m512 zi = _mm512_maskz_loadu_ps(mk, xw + i * cdim + j * c.dv + d);
+        if (j) zi = _mm512_add_ps(zi, _mm512_maskz_loadu_ps(mk, b.y.data() + i * dvb + d));
+        _mm512_mask_storeu_ps(b.z.data() + i * c.dvp + d, mk, zi);
+      }
+    }
+    gemm_from(n, c.ep, c.dv, b.z.data(), c.dvp, 1, c.wt.data() + j * c.dv * c.ep, c.ep, b.qkv.data(), c.ep,
+              Rows{c.bq.data() + j * c.ep, 0});
+    const float* qf = b.q.data();
+    int64_t ldq = c.dkp;
+    if (c.ks) {
+      dwconv_forward(b.qkv.data(), c.ep, c.dw + j * c.ks * c.ks * c.dk, c.dwb + j * c.dk, c.m, c.ks, c.dk,
+                     b.q.data(), c.dkp);
+    } else {
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t d = 0; d < c.dk; ++d) b.q[i * c.dkp + d] = b.qkv[i * c.ep + d] * c.scale;
+    }
+    // q in bf16 rows; k^T as pairs of its columns (the B layout of the tiles); v likewise
+    alignas(64) uint32_t pair[16];
+    const __mmask16 dkm = first(c.dk);
+    for (int64_t i = 0; i < n; ++i) {
+      const __m256i qh = f32_to_bf16(_mm512_maskz_loadu_ps(dkm, qf + i * ldq));
+      _mm256_mask_storeu_epi16(b.qb.data() + i * dk2, first(dk2), qh);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(pair),
+                         f32_to_bf16(_mm512_maskz_loadu_ps(dkm, b.qkv.data() + i * c.ep + c.dk)));
+      for (int64_t r = 0; r < dk2 / 2; ++r) b.kv[r * n + i] = pair[r];
+    }
+    const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
+                                                22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __m512 ones = _mm512_set1_ps(1.0f);
+    for (int64_t r = 0; r < n / 2; ++r) {
+      const float* v0 = b.qkv.data() + 2 * r * c.ep + 2 * c.dk;
+      for (int64_t d = 0; d < dvb; d += 16) {
+        const __mmask16 mk = first(c.dv - d), one = static_cast<__mmask16>(first(c.dv - d + 1) & ~mk);
+        const __m512bh both = _mm512_cvtne2ps_pbh(_mm512_mask_mov_ps(_mm512_maskz_loadu_ps(mk, v0 + c.ep + d), one, ones),
+                                                  _mm512_mask_mov_ps(_mm512_maskz_loadu_ps(mk, v0 + d), one, ones));
+        _mm512_storeu_si512(b.vv.data() + r * dvb + d, _mm512_permutexvar_epi16(interleave, (__m512i)both));
+      }
+    }
+    // S = bias + q k^T, 16 x 16 blocks
+    const float* bias = c.bias + j * n * c.np;
+    for (int64_t i0 = 0; i0 < n; i0 += 16) {
+      _tile_loadd(0, b.qb.data() + i0 * dk2, 2 * dk2);
+      for (int64_t c0 = 0; c0 < n; c0 += 32) {
+        _tile_loadd(1, b.kv.data() + c0, n * 4);
+        _tile_loadd(2, bias + i0 * c.np + c0, c.np * 4);
+        _tile_loadd(7, b.kv.data() + c0 + 16, n * 4);
+        _tile_loadd(3, bias + i0 * c.np + c0 + 16, c.np * 4);
+        _tile_dpbf16ps(2, 0, 1);
+        _tile_dpbf16ps(3, 0, 7);
+        _tile_stored(2, b.s.data() + i0 * n + c0, n * 4);
+        _tile_stored(3, b.s.data() + i0 * n + c0 + 16, n * 4);
+      }
+    }
+    // P = exp(S + mask - row max) in bf16
+    for (int64_t i = 0; i < n; ++i) {
+      float* si = b.s.data() + i * n;
+      if (mask)
+        for (int64_t t = 0; t < n; t += 16)
+          _mm512_storeu_ps(si + t, _mm512_add_ps(_mm512_loadu_ps(si + t), _mm512_loadu_ps(mask + i * c.np + t)));
+      __m512 mx = _mm512_loadu_ps(si);
+      for (int64_t t = 16; t < n; t += 16) mx = _mm512_max_ps(mx, _mm512_loadu_ps(si + t));
+      const __m512 shift = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+      for (int64_t t = 0; t < n; t += 16)
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(b.pb.data() + i * n + t),
+                            f32_to_bf16(exp16(_mm512_loadu_ps(si + t), shift)));
+    }
+    // y = P [v 1] (column dv: the row sums), then y / row sum (the next group's input) and out = act(y) in bf16
+    for (int64_t i0 = 0; i0 < n; i0 += 16)
+      for (int64_t d = 0; d < dvb; d += 16) {
+        _tile_zero(6);
+        for (int64_t k0 = 0; k0 < n; k0 += 32) {
+          _tile_loadd(4, b.pb.data() + i0 * n + k0, n * 2);
+          _tile_loadd(5, b.vv.data() + k0 / 2 * dvb + d, dvb * 4);
+          _tile_dpbf16ps(6, 4, 5);
+        }
+        _tile_stored(6, b.y.data() + i0 * dvb + d, dvb * 4);
+      }
+    const __m512 zero = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; ++i) {
+      const __m512 s = _mm512_set1_ps(1.0f / b.y[i * dvb + c.dv]);
+      for (int64_t d = 0; d < c.dv; d += 16) {
+        float* yi = b.y.data() + i * dvb + d;
+        const __m512 yv = _mm512_mul_ps(_mm512_loadu_ps(yi), s);
+        _mm512_storeu_ps(yi, yv);
+        _mm256_mask_storeu_epi16(ob + i * cdim + j * c.dv + d, first(c.dv - d),
+                                 f32_to_bf16(c.relu ? _mm512_max_ps(zero, yv) : yv));  // NaN stays NaN
+      }
+    }
+  }
+}
+
+at::Tensor cascade_forward_bf16(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bq,
+                                const at::Tensor& dw, const at::Tensor& dwb, const at::Tensor& bias,
+                                const at::Tensor& mask, int64_t m, double scale, bool relu) {
+  const Cascade c = make_cascade(x, weight, bq, dw, dwb, bias, mask, m, scale, relu);
+  TORCH_CHECK(cascade_bf16_supported(c.n, c.dk, c.dv), "the bf16 cascade takes windows of a multiple of 32 tokens, "
+              "dk <= 16 and dv <= 64");
+  TORCH_CHECK(amx_permitted(), "this process may not use AMX tiles");
+  at::Tensor out = at::empty(x.sizes(), x.options().dtype(at::kBFloat16));
+  const float* xp = x.data_ptr<float>();
+  at::BFloat16* op = out.data_ptr<at::BFloat16>();
+  const int64_t cdim = x.size(2), dk2 = (c.dk + 1) / 2 * 2, dvb = (c.dv + 16) / 16 * 16;
+  at::parallel_for(0, x.size(0), 1, [&](int64_t begin, int64_t end) {
+    const TileConfig tiles = cascade_tiles(dk2);
+    _tile_loadconfig(&tiles);
+    Bf16Workspace ws(c, dk2, dvb);
+    for (int64_t w = begin; w < end; ++w)
+      cascade_window_bf16(c, w, xp + w * c.n * cdim, ws, dk2, dvb, op + w * c.n * cdim);
+    _tile_release();
+  });
+  return out;
+}
+#endif  // AMX
 #endif
 
 void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,
@@ -961,6 +1164,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #if defined(__AVX2__) && defined(__FMA__)
   m.def("cascade_forward", &cascade_forward, "GSWA's group cascade, fused per window (float32)");
   m.def("cascade_backward", &cascade_backward, "gradients of the fused GSWA cascade");
+#endif
+#ifdef AGILEIR_AMX
+  m.def("amx_permitted", &amx_permitted, "whether this process may use the AMX tiles (asked once)");
+  m.def("cascade_bf16_supported", &cascade_bf16_supported, "whether the bf16 cascade takes (N, dk, dv)");
+  m.def("cascade_forward_bf16", &cascade_forward_bf16, "GSWA's group cascade on AMX, bf16 out (inference)");
 #endif
   m.def("forward", &forward, "fused window attention: (out, row log-sum-exp)");
   m.def("backward", &backward, "gradients of q, k, v and bias");
