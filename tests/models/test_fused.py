@@ -301,10 +301,13 @@ def test_gswa_runs_the_cascade_in_float32_only(monkeypatch):
     assert (out.float() - outs["eager"]).abs().max() <= 2e-2 * outs["eager"].abs().max()
 
 
-# ---- The cascade's bf16 kernel on AMX (inference) --------------------------------------------------
-needs_amx = pytest.mark.skipif(not fused.cascade_bf16_available(),
-                               reason="no AMX bf16 tiles here (or the kernel is not built)")
-AMX_CASCADES = {  # (B_, G, window m, dk, dv, depthwise kernel, mask window grid)
+# ---- The cascade's bf16 kernel on AVX-512 BF16 / AMX (inference) ------------------------------------
+needs_bf16_cascade = pytest.mark.skipif(not fused.cascade_bf16_available(),
+                                        reason="no AVX-512 BF16 here (or the kernel is not built)")
+BF16_ENGINES = [pytest.param("avx512_bf16", id="avx512_bf16"),
+                pytest.param("amx", id="amx", marks=pytest.mark.skipif(fused.cascade_bf16_engine() != "amx",
+                                                                       reason="no AMX tiles here"))]
+BF16_CASCADES = {  # (B_, G, window m, dk, dv, depthwise kernel, mask window grid)
     "agileir-s-shifted": (16, 6, 8, 8, 10, 3, (16, 32, 8)),
     "no-conv-dv16": (4, 3, 8, 4, 16, 0, None),  # the column of ones in a second block of v
     "window16-dv30": (2, 2, 16, 16, 30, 3, (32, 16, 16)),  # agileir-m's dk and dv, 256 tokens
@@ -336,20 +339,21 @@ def bf16_cascade_reference(x, weight, qkv_bias, dw, dw_bias, bias, mask, m, scal
     return torch.cat(ys, dim=-1).clamp_min(0)
 
 
-@needs_amx
-@pytest.mark.parametrize("case", list(AMX_CASCADES))
-def test_bf16_cascade_matches_the_float64_reference_within_bf16_rounding(case):
-    """The AMX kernel against float64 twice. Against the same roundings emulated in float64, what is
+@needs_bf16_cascade
+@pytest.mark.parametrize("engine", BF16_ENGINES)
+@pytest.mark.parametrize("case", list(BF16_CASCADES))
+def test_bf16_cascade_matches_the_float64_reference_within_bf16_rounding(case, engine):
+    """The bf16 kernel (each engine this CPU runs) against float64 twice. Against the same roundings emulated in float64, what is
     left is the kernel's float32 sums and its output's own rounding to bf16 (2^-9 of each value):
     6e-3 of the largest output at worst, 3e-3 of the RMS. Against exact float64, the roundings
     of q, k, P and v add up through the groups (more with dk 16 and 256 tokens): 2e-2 of the
     largest, 1e-2 of the RMS. Probabilities are exact zeros under the -100 mask's pairs."""
-    b_, groups, m, dk, dv, ks, grid = AMX_CASCADES[case]
+    b_, groups, m, dk, dv, ks, grid = BF16_CASCADES[case]
     x, weight, qkv_bias, dw, dw_bias, bias = (t if t is None else t.detach()
                                               for t in _cascade_inputs(b_, groups, m, dk, dv, ks))
     mask = None if grid is None else shift_mask(grid[0], grid[1], grid[2], grid[2] // 2)
     scale = dk ** -0.5
-    out = fused.fused_gswa_cascade_bf16(x, weight, qkv_bias, dw, dw_bias, bias, mask, m, scale, True)
+    out = fused.fused_gswa_cascade_bf16(x, weight, qkv_bias, dw, dw_bias, bias, mask, m, scale, True, engine)
     assert out.dtype == torch.bfloat16 and out.shape == x.shape
     rms = lambda t: t.square().mean().sqrt()  # noqa: E731
     emulated = bf16_cascade_reference(x, weight, qkv_bias, dw, dw_bias, bias, mask, m, scale)
@@ -363,9 +367,9 @@ def test_bf16_cascade_matches_the_float64_reference_within_bf16_rounding(case):
         assert rms(unmasked - want) > 10 * rms(out.double() - want)
 
 
-@needs_amx
+@needs_bf16_cascade
 def test_gswa_takes_the_bf16_cascade_under_bf16_autocast_inference_only(monkeypatch):
-    """bf16 autocast without autograd on an AMX CPU: the bf16 kernel, close to float32 (2e-2 of the
+    """bf16 autocast without autograd on an AVX-512 BF16 / AMX CPU: the bf16 kernel, close to float32 (2e-2 of the
     largest output: bf16 rounding, as above, and the output projection's own); with autograd, in
     float32, or where the kernel is unavailable or the windows unsupported (7x7): the float32
     cascade, the same function."""
@@ -395,3 +399,13 @@ def test_gswa_takes_the_bf16_cascade_under_bf16_autocast_inference_only(monkeypa
             small = gswa.GroupShiftedWindowAttention(60, 7, 6).eval()
             small(torch.randn(4, 49, 60), None, kernel="fused")  # 49 tokens: not a multiple of 32
     assert calls == [16]
+
+
+@needs_bf16_cascade
+def test_bf16_cascade_refuses_an_engine_this_cpu_does_not_run():
+    x, weight, qkv_bias, dw, dw_bias, bias = (t if t is None else t.detach() for t in _cascade_inputs(2, 2, 8, 8, 10, 3))
+    with pytest.raises(ValueError, match="does not run here"):
+        fused.fused_gswa_cascade_bf16(x, weight, qkv_bias, dw, dw_bias, bias, None, 8, 0.3, True, "vnni")
+    if fused.cascade_bf16_engine() != "amx":
+        with pytest.raises(ValueError, match="does not run here"):
+            fused.fused_gswa_cascade_bf16(x, weight, qkv_bias, dw, dw_bias, bias, None, 8, 0.3, True, "amx")

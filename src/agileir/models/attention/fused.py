@@ -9,8 +9,9 @@ The same extension fuses GSWA's whole group cascade (:func:`fused_gswa_cascade`:
 each group's projection, depthwise convolution on q, attention and the next group's input, so
 none of the per-group small tensors reaches memory); GSWA takes it for float32 wherever it runs
 on kernel "fused" (:meth:`~agileir.models.attention.gswa.GroupShiftedWindowAttention.cascade_parameters`).
-On a CPU with AMX, bf16 autocast inference runs the cascade's two N x N products on the tiles
-(:func:`fused_gswa_cascade_bf16`); elsewhere bf16 keeps the float32 cascade.
+On a CPU with AVX-512 BF16 (AMX tiles where present), bf16 autocast inference runs the cascade's
+two N x N products on the bf16 units (:func:`fused_gswa_cascade_bf16`); elsewhere bf16 keeps the
+float32 cascade.
 
 The extension is compiled once per machine with PyTorch's own JIT builder
 (:func:`torch.utils.cpp_extension.load`, a C++ compiler and ninja needed, ``-march=native``)
@@ -37,7 +38,7 @@ import torch
 from agileir.models.attention.core import add_bias_and_mask
 
 __all__ = ["available", "extension", "vectorized", "state", "unavailable_reason", "fused_window_attention", "cascade_available",
-           "fused_gswa_cascade", "gswa_cascade_projection_gradients", "cascade_bf16_available", "cascade_bf16_applies",
+           "fused_gswa_cascade", "gswa_cascade_projection_gradients", "cascade_bf16_engine", "cascade_bf16_available", "cascade_bf16_applies",
            "fused_gswa_cascade_bf16", "FUSED_ENV"]
 
 #: ``0`` turns the fused kernel off (auto plans keep the eager kernel); ``1`` (default) tries it
@@ -359,17 +360,23 @@ def fused_gswa_cascade(x: torch.Tensor, weight: torch.Tensor, qkv_bias: torch.Te
     return out if out.dtype == in_dtype else out.to(in_dtype)
 
 
-def cascade_bf16_available() -> bool:
-    """Whether the cascade's bf16 kernel runs here: built for AMX (bf16 tiles) and the process
-    permitted to use them (Linux grants it on request)."""
+def cascade_bf16_engine() -> str | None:
+    """Which units the cascade's bf16 kernel runs its products on here: ``"amx"`` (the tiles, where
+    the CPU has them and Linux permits their use), ``"avx512_bf16"`` (dot products, e.g. AMD Zen 4),
+    or None where the extension was built without AVX-512 BF16."""
     ext = _load()
-    return not isinstance(ext, str) and hasattr(ext, "cascade_forward_bf16") and bool(ext.amx_permitted())
+    return None if isinstance(ext, str) or not hasattr(ext, "cascade_forward_bf16") else ext.cascade_bf16_engine()
+
+
+def cascade_bf16_available() -> bool:
+    """Whether the cascade's bf16 kernel runs here (:func:`cascade_bf16_engine` is not None)."""
+    return cascade_bf16_engine() is not None
 
 
 def cascade_bf16_applies(x: torch.Tensor, key_dim: int, group_dim: int) -> bool:
     """Whether GSWA's cascade over windows ``x`` takes :func:`fused_gswa_cascade_bf16`: inference
-    (no autograd) under CPU bf16 autocast, on an AMX CPU, windows of a multiple of 32 tokens,
-    ``key_dim`` <= 16 and ``group_dim`` <= 64."""
+    (no autograd) under CPU bf16 autocast, the kernel available, windows of a multiple of 32
+    tokens, ``key_dim`` <= 16 and ``group_dim`` <= 64."""
     return (x.device.type == "cpu" and not torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
             and torch.get_autocast_dtype("cpu") == torch.bfloat16 and cascade_bf16_available()
             and bool(_load().cascade_bf16_supported(x.shape[1], key_dim, group_dim)))
@@ -377,14 +384,20 @@ def cascade_bf16_applies(x: torch.Tensor, key_dim: int, group_dim: int) -> bool:
 
 def fused_gswa_cascade_bf16(x: torch.Tensor, weight: torch.Tensor, qkv_bias: torch.Tensor,
                             dw_weight: torch.Tensor | None, dw_bias: torch.Tensor | None, bias: torch.Tensor,
-                            mask: torch.Tensor | None, window: int, scale: float, relu: bool = False) -> torch.Tensor:
-    """:func:`fused_gswa_cascade` with its two N x N products on the AMX tiles, for inference: q, k,
+                            mask: torch.Tensor | None, window: int, scale: float, relu: bool = False,
+                            engine: str | None = None) -> torch.Tensor:
+    """:func:`fused_gswa_cascade` with its two N x N products on the bf16 units, for inference: q, k,
     the probabilities and v rounded to bf16, products accumulated and the softmax computed in
     float32, each group's projection and depthwise conv in float32; the output in bf16 (what
-    autocast's output projection reads). No autograd (:func:`cascade_bf16_applies`)."""
-    if not cascade_bf16_available():
-        raise RuntimeError("the bf16 cascade needs the extension built for AMX and permission to use its tiles")
+    autocast's output projection reads). No autograd (:func:`cascade_bf16_applies`). ``engine``:
+    ``"amx"`` or ``"avx512_bf16"`` (an AMX CPU runs either), default :func:`cascade_bf16_engine`."""
+    here = cascade_bf16_engine()
+    if here is None:
+        raise RuntimeError("the bf16 cascade needs the extension built for AVX-512 BF16 (or AMX)")
+    engine = engine or here
+    if engine not in ("amx", "avx512_bf16") or (engine == "amx" and here != "amx"):
+        raise ValueError(f"bf16 cascade engine {engine!r} does not run here (this CPU: {here})")
     args = _cascade_args(x, weight, qkv_bias, dw_weight, dw_bias, bias, mask)
     with torch.no_grad():
         return _load().cascade_forward_bf16(args[0], args[1], args[2], *_taps(args[3], args[4]), args[5], args[6],
-                                            window, float(scale), bool(relu))
+                                            window, float(scale), bool(relu), engine == "amx")

@@ -144,7 +144,7 @@ class GroupShiftedWindowAttention(RelativePositionBias):
                     and type(self.proj) is nn.Linear):  # a training recompute: only the gradients
                 return fused.gswa_cascade_projection_gradients(x, *cascade, bias, mask, self.window_size, self.scale,
                                                                relu, self.proj.weight, self.proj.bias)
-            # bf16 autocast inference on an AMX CPU: the cascade's N x N products on the matrix units
+            # bf16 autocast inference on an AVX-512 BF16 / AMX CPU: the cascade's N x N products on the bf16 units
             run = (fused.fused_gswa_cascade_bf16 if fused.cascade_bf16_applies(x, self.key_dim, self.group_dim)
                    else fused.fused_gswa_cascade)
             y = run(x, *cascade, bias, mask, self.window_size, self.scale, relu)
@@ -172,7 +172,7 @@ class GroupShiftedWindowAttention(RelativePositionBias):
             # float32 inputs only (float64 keeps the per-group kernel's double path); under bf16
             # autocast too: the groups' projections (K = C/G) gain nothing from bf16 units, and on an
             # AVX-512 BF16 CPU the cascade made agileir-s bf16 inference 0.58x its per-group time.
-            # On an AMX CPU, bf16 inference takes the cascade's bf16 kernel (see _windows)
+            # On an AVX-512 BF16 or AMX CPU, bf16 inference takes the cascade's bf16 kernel (see _windows)
             cascade = (self.cascade_parameters() if kernel == "fused" and x.dtype == torch.float32
                        else None)
             projections = self.group_projections(width) if cascade is None else []

@@ -13,8 +13,8 @@
 // kernels.py floors them): no float32 subnormal ever enters a product.
 //
 // The float32 AVX2 build also fuses GSWA's whole group cascade per window (cascade_forward /
-// cascade_backward, below the attention kernels), and on AMX CPUs a bf16 inference version of it
-// whose N x N products run on the tiles (cascade_forward_bf16).
+// cascade_backward, below the attention kernels), and on AVX-512 BF16 / AMX CPUs a bf16 inference
+// version of it whose N x N products run on the bf16 units (cascade_forward_bf16).
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <vector>
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -889,17 +890,20 @@ std::vector<at::Tensor> cascade_backward(const at::Tensor& x, const at::Tensor& 
   at::Tensor ddwb = c.ks ? ddwb_t.sum(0) : at::empty({0}, x.options());
   return {dx, dweight, dbq, ddw, ddwb, dbias_t.sum(0)};
 }
-// ---- The same cascade in bf16 on AMX, for inference -------------------------------------------
+// ---- The same cascade in bf16, for inference ------------------------------------------------------
 // Under bf16 autocast at inference the cascade's two N x N products (S = q k^T and y = P v) run on
-// the matrix units: q, k, P and v rounded to bf16, products accumulated in float32, the scores
-// prefilled with the bias by the tile load, the softmax and every sum in float32 (P stored as
-// bf16 unnormalised, its row sums taken from the rounded values, so y = P v / sum is a weighted
-// mean of v: v carries a column of ones, so the product itself gives each row's sum, no horizontal
-// sum per row). Each group's projection and depthwise conv stay the float32 kernels above (K =
-// C/G: too short for the tiles). Windows of a multiple of 32 tokens, dk <= 16, dv <= 64.
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && defined(__AVX512BW__)
+// the CPU's bf16 units: q, k, P and v rounded to bf16, products accumulated in float32, the scores
+// started from the bias, the softmax and every sum in float32 (P stored as bf16 unnormalised, its
+// row sums taken from the rounded values, so y = P v / sum is a weighted mean of v: v carries a
+// column of ones, so the product itself gives each row's sum, no horizontal sum per row). Each
+// group's projection and depthwise conv stay the float32 kernels above (K = C/G: too short for the
+// bf16 units). Windows of a multiple of 32 tokens, dk <= 16, dv <= 64. Two engines, one layout:
+// AMX tiles where the CPU has them and Linux permits them, else AVX-512 BF16 dot products
+// (vdpbf16ps, e.g. AMD Zen 4); both read k^T and v as bf16 pairs (the VNNI layout).
+#if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define AGILEIR_BF16 1
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
 #define AGILEIR_AMX 1
-
 // The process's permission to use the tile registers (Linux asks for it once per process).
 bool amx_permitted() {
   static const bool permitted = [] {
@@ -909,10 +913,6 @@ bool amx_permitted() {
     return syscall(SYS_arch_prctl, kReqPerm, kXtileData) == 0;
   }();
   return permitted;
-}
-
-bool cascade_bf16_supported(int64_t n, int64_t dk, int64_t dv) {
-  return n % 32 == 0 && n <= 256 && dk >= 1 && dk <= 16 && dv >= 1 && dv <= 64;
 }
 
 struct alignas(64) TileConfig {
@@ -931,6 +931,22 @@ TileConfig cascade_tiles(int64_t dk2) {
   t.rows[1] = t.rows[7] = static_cast<uint8_t>(dk2 / 2);
   return t;
 }
+#endif  // AMX
+
+// "amx" where the tiles run here, else "avx512_bf16"
+bool amx_tiles() {
+#ifdef AGILEIR_AMX
+  return amx_permitted();
+#else
+  return false;
+#endif
+}
+std::string cascade_bf16_engine() { return amx_tiles() ? "amx" : "avx512_bf16"; }
+
+bool cascade_bf16_supported(int64_t n, int64_t dk, int64_t dv) {
+  return n % 32 == 0 && n <= 256 && dk >= 1 && dk <= 16 && dv >= 1 && dv <= 64;
+}
+
 
 inline __m256i f32_to_bf16(__m512 v) { return (__m256i)_mm512_cvtneps_pbh(v); }
 inline __mmask16 first(int64_t count) {  // the first `count` of 16 lanes
@@ -956,6 +972,53 @@ inline __m512 exp16(__m512 x, __m512 shift) {
   return _mm512_maskz_mov_ps(keep, _mm512_scalef_ps(y, k));
 }
 
+// S rows i0..i0+3, columns c0..c0+16C: bias + q k^T by AVX-512 BF16 dot products, one pair of
+// q's columns broadcast against 16 keys' pairs per instruction
+template <int C>
+inline void score_rows(const uint16_t* qb, int64_t dk2, const uint32_t* kv, int64_t n, const float* bias,
+                       int64_t ldb, float* s, int64_t i0, int64_t c0) {
+  __m512 acc[4][C];
+  for (int r = 0; r < 4; ++r)
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_loadu_ps(bias + (i0 + r) * ldb + c0 + 16 * c);
+  for (int64_t p = 0; p < dk2 / 2; ++p) {
+    __m512bh kb[C];
+    for (int c = 0; c < C; ++c) kb[c] = (__m512bh)_mm512_loadu_si512(kv + p * n + c0 + 16 * c);
+    for (int r = 0; r < 4; ++r) {
+      int32_t pair;
+      std::memcpy(&pair, qb + (i0 + r) * dk2 + 2 * p, 4);
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(pair);
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], a, kb[c]);
+    }
+  }
+  for (int r = 0; r < 4; ++r)
+    for (int c = 0; c < C; ++c) _mm512_storeu_ps(s + (i0 + r) * n + c0 + 16 * c, acc[r][c]);
+}
+
+// y rows i0..i0+R-1 (D vectors of 16 columns) = P [v 1], a pair of P's columns against v's pairs
+template <int D, int R>
+inline void value_rows(const uint16_t* pb, int64_t n, const uint32_t* vv, int64_t dvb, float* y, int64_t i0) {
+  __m512 acc[R][D];
+  for (int r = 0; r < R; ++r)
+    for (int d = 0; d < D; ++d) acc[r][d] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < n / 2; ++k) {
+    __m512bh vb[D];
+    for (int d = 0; d < D; ++d) vb[d] = (__m512bh)_mm512_loadu_si512(vv + k * dvb + 16 * d);
+    for (int r = 0; r < R; ++r) {
+      int32_t pair;
+      std::memcpy(&pair, pb + (i0 + r) * n + 2 * k, 4);
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(pair);
+      for (int d = 0; d < D; ++d) acc[r][d] = _mm512_dpbf16_ps(acc[r][d], a, vb[d]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int d = 0; d < D; ++d) _mm512_storeu_ps(y + (i0 + r) * dvb + 16 * d, acc[r][d]);
+}
+
+template <int D, int R>
+void value_all(const uint16_t* pb, int64_t n, const uint32_t* vv, int64_t dvb, float* y) {
+  for (int64_t i0 = 0; i0 < n; i0 += R) value_rows<D, R>(pb, n, vv, dvb, y, i0);
+}
+
 struct Bf16Workspace {  // one thread's buffers for one window's cascade
   std::vector<float> z, qkv, q, s, y;
   std::vector<uint16_t> qb, pb;
@@ -966,7 +1029,7 @@ struct Bf16Workspace {  // one thread's buffers for one window's cascade
 };
 
 void cascade_window_bf16(const Cascade& c, int64_t w, const float* xw, Bf16Workspace& b, int64_t dk2, int64_t dvb,
-                         at::BFloat16* out) {
+                         bool tiles, at::BFloat16* out) {
   const int64_t n = c.n, cdim = c.groups * c.dv;
   const float* mask = c.nw && !c.mask_zero[w % c.nw] ? c.mask + (w % c.nw) * n * c.np : nullptr;
   uint16_t* ob = reinterpret_cast<uint16_t*>(out);
@@ -1012,19 +1075,29 @@ void cascade_window_bf16(const Cascade& c, int64_t w, const float* xw, Bf16Works
         _mm512_storeu_si512(b.vv.data() + r * dvb + d, _mm512_permutexvar_epi16(interleave, (__m512i)both));
       }
     }
-    // S = bias + q k^T, 16 x 16 blocks
+    // S = bias + q k^T
     const float* bias = c.bias + j * n * c.np;
-    for (int64_t i0 = 0; i0 < n; i0 += 16) {
-      _tile_loadd(0, b.qb.data() + i0 * dk2, 2 * dk2);
-      for (int64_t c0 = 0; c0 < n; c0 += 32) {
-        _tile_loadd(1, b.kv.data() + c0, n * 4);
-        _tile_loadd(2, bias + i0 * c.np + c0, c.np * 4);
-        _tile_loadd(7, b.kv.data() + c0 + 16, n * 4);
-        _tile_loadd(3, bias + i0 * c.np + c0 + 16, c.np * 4);
-        _tile_dpbf16ps(2, 0, 1);
-        _tile_dpbf16ps(3, 0, 7);
-        _tile_stored(2, b.s.data() + i0 * n + c0, n * 4);
-        _tile_stored(3, b.s.data() + i0 * n + c0 + 16, n * 4);
+    if (tiles) {
+#ifdef AGILEIR_AMX
+      for (int64_t i0 = 0; i0 < n; i0 += 16) {  // 16 x 16 blocks
+        _tile_loadd(0, b.qb.data() + i0 * dk2, 2 * dk2);
+        for (int64_t c0 = 0; c0 < n; c0 += 32) {
+          _tile_loadd(1, b.kv.data() + c0, n * 4);
+          _tile_loadd(2, bias + i0 * c.np + c0, c.np * 4);
+          _tile_loadd(7, b.kv.data() + c0 + 16, n * 4);
+          _tile_loadd(3, bias + i0 * c.np + c0 + 16, c.np * 4);
+          _tile_dpbf16ps(2, 0, 1);
+          _tile_dpbf16ps(3, 0, 7);
+          _tile_stored(2, b.s.data() + i0 * n + c0, n * 4);
+          _tile_stored(3, b.s.data() + i0 * n + c0 + 16, n * 4);
+        }
+      }
+#endif
+    } else {
+      for (int64_t i0 = 0; i0 < n; i0 += 4) {  // 4 rows x 64 columns of accumulators
+        int64_t c0 = 0;
+        for (; c0 + 64 <= n; c0 += 64) score_rows<4>(b.qb.data(), dk2, b.kv.data(), n, bias, c.np, b.s.data(), i0, c0);
+        if (c0 < n) score_rows<2>(b.qb.data(), dk2, b.kv.data(), n, bias, c.np, b.s.data(), i0, c0);
       }
     }
     // P = exp(S + mask - row max) in bf16
@@ -1041,16 +1114,28 @@ void cascade_window_bf16(const Cascade& c, int64_t w, const float* xw, Bf16Works
                             f32_to_bf16(exp16(_mm512_loadu_ps(si + t), shift)));
     }
     // y = P [v 1] (column dv: the row sums), then y / row sum (the next group's input) and out = act(y) in bf16
-    for (int64_t i0 = 0; i0 < n; i0 += 16)
-      for (int64_t d = 0; d < dvb; d += 16) {
-        _tile_zero(6);
-        for (int64_t k0 = 0; k0 < n; k0 += 32) {
-          _tile_loadd(4, b.pb.data() + i0 * n + k0, n * 2);
-          _tile_loadd(5, b.vv.data() + k0 / 2 * dvb + d, dvb * 4);
-          _tile_dpbf16ps(6, 4, 5);
+    if (tiles) {
+#ifdef AGILEIR_AMX
+      for (int64_t i0 = 0; i0 < n; i0 += 16)
+        for (int64_t d = 0; d < dvb; d += 16) {
+          _tile_zero(6);
+          for (int64_t k0 = 0; k0 < n; k0 += 32) {
+            _tile_loadd(4, b.pb.data() + i0 * n + k0, n * 2);
+            _tile_loadd(5, b.vv.data() + k0 / 2 * dvb + d, dvb * 4);
+            _tile_dpbf16ps(6, 4, 5);
+          }
+          _tile_stored(6, b.y.data() + i0 * dvb + d, dvb * 4);
         }
-        _tile_stored(6, b.y.data() + i0 * dvb + d, dvb * 4);
+#endif
+    } else {
+      switch (dvb / 16) {  // 8 rows of accumulators where they fit in the 32 registers, else 4
+        case 1: value_all<1, 8>(b.pb.data(), n, b.vv.data(), dvb, b.y.data()); break;
+        case 2: value_all<2, 8>(b.pb.data(), n, b.vv.data(), dvb, b.y.data()); break;
+        case 3: value_all<3, 4>(b.pb.data(), n, b.vv.data(), dvb, b.y.data()); break;
+        case 4: value_all<4, 4>(b.pb.data(), n, b.vv.data(), dvb, b.y.data()); break;
+        default: value_all<5, 4>(b.pb.data(), n, b.vv.data(), dvb, b.y.data()); break;
       }
+    }
     const __m512 zero = _mm512_setzero_ps();
     for (int64_t i = 0; i < n; ++i) {
       const __m512 s = _mm512_set1_ps(1.0f / b.y[i * dvb + c.dv]);
@@ -1067,26 +1152,30 @@ void cascade_window_bf16(const Cascade& c, int64_t w, const float* xw, Bf16Works
 
 at::Tensor cascade_forward_bf16(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bq,
                                 const at::Tensor& dw, const at::Tensor& dwb, const at::Tensor& bias,
-                                const at::Tensor& mask, int64_t m, double scale, bool relu) {
+                                const at::Tensor& mask, int64_t m, double scale, bool relu, bool tiles) {
   const Cascade c = make_cascade(x, weight, bq, dw, dwb, bias, mask, m, scale, relu);
   TORCH_CHECK(cascade_bf16_supported(c.n, c.dk, c.dv), "the bf16 cascade takes windows of a multiple of 32 tokens, "
               "dk <= 16 and dv <= 64");
-  TORCH_CHECK(amx_permitted(), "this process may not use AMX tiles");
+  TORCH_CHECK(!tiles || amx_tiles(), "this process may not use AMX tiles (or the CPU has none)");
   at::Tensor out = at::empty(x.sizes(), x.options().dtype(at::kBFloat16));
   const float* xp = x.data_ptr<float>();
   at::BFloat16* op = out.data_ptr<at::BFloat16>();
   const int64_t cdim = x.size(2), dk2 = (c.dk + 1) / 2 * 2, dvb = (c.dv + 16) / 16 * 16;
   at::parallel_for(0, x.size(0), 1, [&](int64_t begin, int64_t end) {
-    const TileConfig tiles = cascade_tiles(dk2);
-    _tile_loadconfig(&tiles);
+#ifdef AGILEIR_AMX
+    const TileConfig config = cascade_tiles(dk2);
+    if (tiles) _tile_loadconfig(&config);
+#endif
     Bf16Workspace ws(c, dk2, dvb);
     for (int64_t w = begin; w < end; ++w)
-      cascade_window_bf16(c, w, xp + w * c.n * cdim, ws, dk2, dvb, op + w * c.n * cdim);
-    _tile_release();
+      cascade_window_bf16(c, w, xp + w * c.n * cdim, ws, dk2, dvb, tiles, op + w * c.n * cdim);
+#ifdef AGILEIR_AMX
+    if (tiles) _tile_release();
+#endif
   });
   return out;
 }
-#endif  // AMX
+#endif  // AVX-512 BF16
 #endif
 
 void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,
@@ -1165,10 +1254,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cascade_forward", &cascade_forward, "GSWA's group cascade, fused per window (float32)");
   m.def("cascade_backward", &cascade_backward, "gradients of the fused GSWA cascade");
 #endif
-#ifdef AGILEIR_AMX
-  m.def("amx_permitted", &amx_permitted, "whether this process may use the AMX tiles (asked once)");
+#ifdef AGILEIR_BF16
+  m.def("cascade_bf16_engine", &cascade_bf16_engine, "amx where the tiles run here (Linux asked once), else avx512_bf16");
   m.def("cascade_bf16_supported", &cascade_bf16_supported, "whether the bf16 cascade takes (N, dk, dv)");
-  m.def("cascade_forward_bf16", &cascade_forward_bf16, "GSWA's group cascade on AMX, bf16 out (inference)");
+  m.def("cascade_forward_bf16", &cascade_forward_bf16, "GSWA's group cascade with bf16 products, bf16 out (inference)");
 #endif
   m.def("forward", &forward, "fused window attention: (out, row log-sum-exp)");
   m.def("backward", &backward, "gradients of q, k, v and bias");
