@@ -953,30 +953,33 @@ inline __mmask16 first(int64_t count) {  // the first `count` of 16 lanes
   return static_cast<__mmask16>(count >= 16 ? 0xffff : count <= 0 ? 0 : (1u << count) - 1);
 }
 
-// exp(x - shift) on 16 lanes, the float32 kernel's polynomial; zero at or below kFloor
+// exp(x - shift) on 16 lanes, zero at or below kFloor, for probabilities rounded to bf16 next:
+// e^r on |r| <= ln2/2 by its degree-4 Taylor polynomial (relative error below 6e-5, 30x under
+// bf16's half step of 2e-3) and one-constant range reduction; four FMAs where the float32
+// kernel's polynomial takes seven
 inline __m512 exp16(__m512 x, __m512 shift) {
   const __m512 floor = _mm512_set1_ps(kFloor);
   __m512 xv = _mm512_sub_ps(x, shift);
   const __mmask16 keep = _mm512_cmp_ps_mask(xv, floor, _CMP_GT_OQ);
-  xv = _mm512_max_ps(xv, floor);
   const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(xv, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), xv);
-  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 y = _mm512_fmadd_ps(_mm512_set1_ps(1.9875691500e-4f), r, _mm512_set1_ps(1.3981999507e-3f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
-  y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_maskz_mov_ps(keep, _mm512_scalef_ps(y, k));
+  const __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693147180559945f), xv);
+  __m512 y = _mm512_fmadd_ps(_mm512_set1_ps(1.0f / 24), r, _mm512_set1_ps(1.0f / 6));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(0.5f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f));
+  return _mm512_maskz_scalef_ps(keep, y, k);
 }
 
 // S rows i0..i0+3, columns c0..c0+16C: bias + q k^T by AVX-512 BF16 dot products, one pair of
-// q's columns broadcast against 16 keys' pairs per instruction
-template <int C>
-inline void score_rows(const uint16_t* qb, int64_t dk2, const uint32_t* kv, int64_t n, const float* bias,
-                       int64_t ldb, float* s, int64_t i0, int64_t c0) {
+// q's columns broadcast against 16 keys' pairs per instruction. N: the window's tokens where known
+// at compile time (64, 256: every row address a constant offset, the accumulators stay in
+// registers; with a run-time n, or inlined into the window's function, GCC spilled them on every
+// step), else 0 and n.
+template <int C, int N>
+__attribute__((noinline)) void score_rows(const uint16_t* qb, int64_t dk2, const uint32_t* kv, int64_t n_,
+                                          const float* bias, int64_t ldb, float* s, int64_t i0, int64_t c0) {
+  const int64_t n = N ? N : n_;
   __m512 acc[4][C];
   for (int r = 0; r < 4; ++r)
     for (int c = 0; c < C; ++c) acc[r][c] = _mm512_loadu_ps(bias + (i0 + r) * ldb + c0 + 16 * c);
@@ -994,18 +997,32 @@ inline void score_rows(const uint16_t* qb, int64_t dk2, const uint32_t* kv, int6
     for (int c = 0; c < C; ++c) _mm512_storeu_ps(s + (i0 + r) * n + c0 + 16 * c, acc[r][c]);
 }
 
+template <int N>
+void score_all(const uint16_t* qb, int64_t dk2, const uint32_t* kv, int64_t n_, const float* bias, int64_t ldb,
+               float* s) {
+  const int64_t n = N ? N : n_;
+  for (int64_t i0 = 0; i0 < n; i0 += 4) {  // 4 rows x 64 columns of accumulators
+    int64_t c0 = 0;
+    for (; c0 + 64 <= n; c0 += 64) score_rows<4, N>(qb, dk2, kv, n, bias, ldb, s, i0, c0);
+    if (c0 < n) score_rows<2, N>(qb, dk2, kv, n, bias, ldb, s, i0, c0);
+  }
+}
+
 // y rows i0..i0+R-1 (D vectors of 16 columns) = P [v 1], a pair of P's columns against v's pairs
-template <int D, int R>
-inline void value_rows(const uint16_t* pb, int64_t n, const uint32_t* vv, int64_t dvb, float* y, int64_t i0) {
+template <int D, int R, int N>
+__attribute__((noinline)) void value_rows(const uint16_t* pb, int64_t n_, const uint32_t* vv, int64_t dvb, float* y,
+                                          int64_t i0) {
+  const int64_t n = N ? N : n_;
   __m512 acc[R][D];
   for (int r = 0; r < R; ++r)
     for (int d = 0; d < D; ++d) acc[r][d] = _mm512_setzero_ps();
+  const uint16_t* p0 = pb + i0 * n;
   for (int64_t k = 0; k < n / 2; ++k) {
     __m512bh vb[D];
     for (int d = 0; d < D; ++d) vb[d] = (__m512bh)_mm512_loadu_si512(vv + k * dvb + 16 * d);
     for (int r = 0; r < R; ++r) {
       int32_t pair;
-      std::memcpy(&pair, pb + (i0 + r) * n + 2 * k, 4);
+      std::memcpy(&pair, p0 + r * n + 2 * k, 4);
       const __m512bh a = (__m512bh)_mm512_set1_epi32(pair);
       for (int d = 0; d < D; ++d) acc[r][d] = _mm512_dpbf16_ps(acc[r][d], a, vb[d]);
     }
@@ -1014,10 +1031,19 @@ inline void value_rows(const uint16_t* pb, int64_t n, const uint32_t* vv, int64_
     for (int d = 0; d < D; ++d) _mm512_storeu_ps(y + (i0 + r) * dvb + 16 * d, acc[r][d]);
 }
 
-template <int D, int R>
-void value_all(const uint16_t* pb, int64_t n, const uint32_t* vv, int64_t dvb, float* y) {
-  for (int64_t i0 = 0; i0 < n; i0 += R) value_rows<D, R>(pb, n, vv, dvb, y, i0);
+template <int N>
+void value_all(const uint16_t* pb, int64_t n_, const uint32_t* vv, int64_t dvb, float* y) {
+  const int64_t n = N ? N : n_;
+  for (int64_t i0 = 0; i0 < n; i0 += 8)  // 8 rows of accumulators where they fit in the 32 registers, else 4
+    switch (dvb / 16) {
+      case 1: value_rows<1, 8, N>(pb, n, vv, dvb, y, i0); break;
+      case 2: value_rows<2, 8, N>(pb, n, vv, dvb, y, i0); break;
+      case 3: value_rows<3, 4, N>(pb, n, vv, dvb, y, i0), value_rows<3, 4, N>(pb, n, vv, dvb, y, i0 + 4); break;
+      case 4: value_rows<4, 4, N>(pb, n, vv, dvb, y, i0), value_rows<4, 4, N>(pb, n, vv, dvb, y, i0 + 4); break;
+      default: value_rows<5, 4, N>(pb, n, vv, dvb, y, i0), value_rows<5, 4, N>(pb, n, vv, dvb, y, i0 + 4); break;
+    }
 }
+
 
 struct Bf16Workspace {  // one thread's buffers for one window's cascade
   std::vector<float> z, qkv, q, s, y;
@@ -1093,12 +1119,12 @@ void cascade_window_bf16(const Cascade& c, int64_t w, const float* xw, Bf16Works
         }
       }
 #endif
+    } else if (n == 64) {
+      score_all<64>(b.qb.data(), dk2, b.kv.data(), n, bias, c.np, b.s.data());
+    } else if (n == 256) {
+      score_all<256>(b.qb.data(), dk2, b.kv.data(), n, bias, c.np, b.s.data());
     } else {
-      for (int64_t i0 = 0; i0 < n; i0 += 4) {  // 4 rows x 64 columns of accumulators
-        int64_t c0 = 0;
-        for (; c0 + 64 <= n; c0 += 64) score_rows<4>(b.qb.data(), dk2, b.kv.data(), n, bias, c.np, b.s.data(), i0, c0);
-        if (c0 < n) score_rows<2>(b.qb.data(), dk2, b.kv.data(), n, bias, c.np, b.s.data(), i0, c0);
-      }
+      score_all<0>(b.qb.data(), dk2, b.kv.data(), n, bias, c.np, b.s.data());
     }
     // P = exp(S + mask - row max) in bf16
     for (int64_t i = 0; i < n; ++i) {
@@ -1128,13 +1154,9 @@ void cascade_window_bf16(const Cascade& c, int64_t w, const float* xw, Bf16Works
         }
 #endif
     } else {
-      switch (dvb / 16) {  // 8 rows of accumulators where they fit in the 32 registers, else 4
-        case 1: value_all<1, 8>(b.pb.data(), n, b.vv.data(), dvb, b.y.data()); break;
-        case 2: value_all<2, 8>(b.pb.data(), n, b.vv.data(), dvb, b.y.data()); break;
-        case 3: value_all<3, 4>(b.pb.data(), n, b.vv.data(), dvb, b.y.data()); break;
-        case 4: value_all<4, 4>(b.pb.data(), n, b.vv.data(), dvb, b.y.data()); break;
-        default: value_all<5, 4>(b.pb.data(), n, b.vv.data(), dvb, b.y.data()); break;
-      }
+      if (n == 64) value_all<64>(b.pb.data(), n, b.vv.data(), dvb, b.y.data());
+      else if (n == 256) value_all<256>(b.pb.data(), n, b.vv.data(), dvb, b.y.data());
+      else value_all<0>(b.pb.data(), n, b.vv.data(), dvb, b.y.data());
     }
     const __m512 zero = _mm512_setzero_ps();
     for (int64_t i = 0; i < n; ++i) {
