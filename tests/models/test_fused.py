@@ -147,7 +147,7 @@ def test_a_training_step_of_the_network_matches_the_eager_kernel():
 
 def test_without_the_kernel_auto_plans_keep_the_eager_kernel():
     """AGILEIR_FUSED=0 (as on a machine without a compiler): a one-line reason, eager plans, the
-    blocks' unfused LayerNorms, and the explicit kernel refuses with that reason."""
+    blocks' unfused LayerNorms, no bf16 cascade, and the explicit kernel refuses with that reason."""
     code = ("import torch; from agileir.models.attention import dispatch, fused, kernels as K\n"
             "assert not fused.available() and fused.unavailable_reason() == 'AGILEIR_FUSED=0'\n"
             "assert dispatch.plan_attention('gswa', 'auto', device_type='cpu', training=True,"
@@ -155,6 +155,7 @@ def test_without_the_kernel_auto_plans_keep_the_eager_kernel():
             "from agileir.models import token_norm\n"
             "with torch.no_grad():\n"
             "    assert not token_norm.available(torch.zeros(2, 4), torch.nn.LayerNorm(4))\n"
+            "assert fused.cascade_bf16_engine() is None and not fused.cascade_bf16_available()\n"
             "q = torch.zeros(1, 1, 4, 2)\n"
             "try:\n    K.run_kernel('fused', q, q, q, None, None)\nexcept RuntimeError as e:\n    print(e)\n")
     env = dict(os.environ, AGILEIR_FUSED="0")
