@@ -20,7 +20,13 @@ def test_bench_results_on_stdout_progress_on_stderr(capsys):
     assert "note" not in captured.err  # batch 1 at patch 8 needs no warning
     from agileir.models.attention import fused
 
-    assert captured.out.splitlines()[0].endswith(f", fused CPU attention kernel {fused.state()}")
+    first = captured.out.splitlines()[0]
+    if fused.state() != "on":
+        assert first.endswith(f", fused CPU attention kernel {fused.state()}")
+    else:  # and which units GSWA's bf16 cascade takes
+        engine = fused.cascade_bf16_engine()
+        assert first.endswith(", fused CPU attention kernel on (bf16 cascade "
+                              + (f"on {engine})" if engine else "off)"))
 
 
 def test_memory_note_only_for_the_heavy_census():

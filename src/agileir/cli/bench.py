@@ -76,12 +76,18 @@ def memory_note(batches: list[int], patch: int, device: str, models: list[str]) 
 
 
 def fused_kernel_state(device: str) -> str | None:
-    """"on", or "off (why)", for a CPU run: whether the auto plans ran it (models/attention/fused.py)."""
+    """"on", or "off (why)", for a CPU run: whether the auto plans ran it (models/attention/fused.py);
+    where on, which units GSWA's bf16 cascade uses ("bf16 cascade on amx / avx512_bf16", or "off":
+    bf16 keeps the float32 cascade), since bf16 timings differ by that."""
     if device != "cpu":
         return None
     from agileir.models.attention import fused
 
-    return fused.state()
+    state = fused.state()
+    if state != "on":
+        return state
+    engine = fused.cascade_bf16_engine()
+    return f"on (bf16 cascade {'on ' + engine if engine else 'off'})"
 
 
 def run(args: argparse.Namespace) -> int:
