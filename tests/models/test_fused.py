@@ -316,15 +316,16 @@ BF16_CASCADES = {  # (B_, G, window m, dk, dv, depthwise kernel, mask window gri
 
 
 def bf16_cascade_reference(x, weight, qkv_bias, dw, dw_bias, bias, mask, m, scale):
-    """What the bf16 kernel computes, in float64: q, k, v and the unnormalised probabilities
-    rounded to bf16, everything else exact; the row sums of the rounded probabilities; ReLU out."""
+    """What the bf16 kernel computes, in float64: each group's input and projection weights (as
+    autocast's linear layers do), q, k, v and the unnormalised probabilities rounded to bf16,
+    everything else exact; the row sums of the rounded probabilities; ReLU out."""
     rnd = lambda t: t.to(torch.bfloat16).double()  # noqa: E731
     groups, e, dv = weight.shape
     dk, (b_, n, _) = (e - dv) // 2, x.shape
     ys, y = [], None
     for j in range(groups):
         z = x[..., j * dv:(j + 1) * dv].double() + (0 if y is None else y)
-        q0, k, v = (z @ weight[j].double().T + qkv_bias[j].double()).split([dk, dk, dv], dim=-1)
+        q0, k, v = (rnd(z) @ rnd(weight[j]).T + qkv_bias[j].double()).split([dk, dk, dv], dim=-1)
         if dw is None:
             q = q0 * scale
         else:
@@ -344,11 +345,11 @@ def bf16_cascade_reference(x, weight, qkv_bias, dw, dw_bias, bias, mask, m, scal
 @pytest.mark.parametrize("engine", BF16_ENGINES)
 @pytest.mark.parametrize("case", list(BF16_CASCADES))
 def test_bf16_cascade_matches_the_float64_reference_within_bf16_rounding(case, engine):
-    """The bf16 kernel (each engine this CPU runs) against float64 twice. Against the same roundings emulated in float64, what is
-    left is the kernel's float32 sums and its output's own rounding to bf16 (2^-9 of each value):
-    6e-3 of the largest output at worst, 3e-3 of the RMS. Against exact float64, the roundings
-    of q, k, P and v add up through the groups (more with dk 16 and 256 tokens): 2e-2 of the
-    largest, 1e-2 of the RMS. Probabilities are exact zeros under the -100 mask's pairs."""
+    """The bf16 kernel (each engine this CPU runs) against float64 twice. Against the same roundings
+    emulated in float64, what is left is the kernel's float32 sums and its output's own rounding
+    to bf16 (2^-9 of each value): 6e-3 of the largest output at worst, 3e-3 of the RMS. Against
+    exact float64, the roundings of each group's input and weights, q, k, P and v add up through
+    the groups (more with dk 16 and 256 tokens): 2e-2 of the largest, 1e-2 of the RMS. Probabilities are exact zeros under the -100 mask's pairs."""
     b_, groups, m, dk, dv, ks, grid = BF16_CASCADES[case]
     x, weight, qkv_bias, dw, dw_bias, bias = (t if t is None else t.detach()
                                               for t in _cascade_inputs(b_, groups, m, dk, dv, ks))

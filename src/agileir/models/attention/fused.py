@@ -10,8 +10,8 @@ each group's projection, depthwise convolution on q, attention and the next grou
 none of the per-group small tensors reaches memory); GSWA takes it for float32 wherever it runs
 on kernel "fused" (:meth:`~agileir.models.attention.gswa.GroupShiftedWindowAttention.cascade_parameters`).
 On a CPU with AVX-512 BF16 (AMX tiles where present), bf16 autocast inference runs the cascade's
-two N x N products on the bf16 units (:func:`fused_gswa_cascade_bf16`); elsewhere bf16 keeps the
-float32 cascade.
+group projections and two N x N products on the bf16 units (:func:`fused_gswa_cascade_bf16`);
+elsewhere bf16 keeps the float32 cascade.
 
 The extension is compiled once per machine with PyTorch's own JIT builder
 (:func:`torch.utils.cpp_extension.load`, a C++ compiler and ninja needed, ``-march=native``)
@@ -386,11 +386,12 @@ def fused_gswa_cascade_bf16(x: torch.Tensor, weight: torch.Tensor, qkv_bias: tor
                             dw_weight: torch.Tensor | None, dw_bias: torch.Tensor | None, bias: torch.Tensor,
                             mask: torch.Tensor | None, window: int, scale: float, relu: bool = False,
                             engine: str | None = None) -> torch.Tensor:
-    """:func:`fused_gswa_cascade` with its two N x N products on the bf16 units, for inference: q, k,
-    the probabilities and v rounded to bf16, products accumulated and the softmax computed in
-    float32, each group's projection and depthwise conv in float32; the output in bf16 (what
-    autocast's output projection reads). No autograd (:func:`cascade_bf16_applies`). ``engine``:
-    ``"amx"`` or ``"avx512_bf16"`` (an AMX CPU runs either), default :func:`cascade_bf16_engine`."""
+    """:func:`fused_gswa_cascade` with its products on the bf16 units, for inference: each group's
+    input and projection weights rounded to bf16 (as autocast's linear layers round them), and q,
+    k, the probabilities and v for the two N x N products; products accumulated and the softmax
+    computed in float32, the depthwise conv in float32; the output in bf16 (what autocast's output
+    projection reads). No autograd (:func:`cascade_bf16_applies`). ``engine`` (the N x N products'
+    units): ``"amx"`` or ``"avx512_bf16"`` (an AMX CPU runs either), default :func:`cascade_bf16_engine`."""
     here = cascade_bf16_engine()
     if here is None:
         raise RuntimeError("the bf16 cascade needs the extension built for AVX-512 BF16 (or AMX)")

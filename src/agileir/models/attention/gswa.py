@@ -144,7 +144,7 @@ class GroupShiftedWindowAttention(RelativePositionBias):
                     and type(self.proj) is nn.Linear):  # a training recompute: only the gradients
                 return fused.gswa_cascade_projection_gradients(x, *cascade, bias, mask, self.window_size, self.scale,
                                                                relu, self.proj.weight, self.proj.bias)
-            # bf16 autocast inference on an AVX-512 BF16 / AMX CPU: the cascade's N x N products on the bf16 units
+            # bf16 autocast inference on an AVX-512 BF16 / AMX CPU: the cascade's products on the bf16 units
             run = (fused.fused_gswa_cascade_bf16 if fused.cascade_bf16_applies(x, self.key_dim, self.group_dim)
                    else fused.fused_gswa_cascade)
             y = run(x, *cascade, bias, mask, self.window_size, self.scale, relu)

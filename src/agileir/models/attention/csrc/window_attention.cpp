@@ -891,15 +891,16 @@ std::vector<at::Tensor> cascade_backward(const at::Tensor& x, const at::Tensor& 
   return {dx, dweight, dbq, ddw, ddwb, dbias_t.sum(0)};
 }
 // ---- The same cascade in bf16, for inference ------------------------------------------------------
-// Under bf16 autocast at inference the cascade's two N x N products (S = q k^T and y = P v) run on
-// the CPU's bf16 units: q, k, P and v rounded to bf16, products accumulated in float32, the scores
-// started from the bias, the softmax and every sum in float32 (P stored as bf16 unnormalised, its
-// row sums taken from the rounded values, so y = P v / sum is a weighted mean of v: v carries a
-// column of ones, so the product itself gives each row's sum, no horizontal sum per row). Each
-// group's projection and depthwise conv stay the float32 kernels above (K = C/G = 10 in agileir-s:
-// about a sixth and a tenth of this kernel's time on a Zen 4, not worth a bf16 rounding). Windows of a multiple of 32 tokens, dk <= 16, dv <= 64. Two engines, one layout:
-// AMX tiles where the CPU has them and Linux permits them, else AVX-512 BF16 dot products
-// (vdpbf16ps, e.g. AMD Zen 4); both read k^T and v as bf16 pairs (the VNNI layout).
+// Under bf16 autocast at inference the cascade's products run on the CPU's bf16 units: each group's
+// projection (z W^T, z and W rounded to bf16 as autocast's linear layers round them) by AVX-512
+// BF16 dot products, and its two N x N products (S = q k^T and y = P v) with q, k, P and v rounded
+// to bf16; every product accumulated in float32, the scores started from the bias, the depthwise
+// conv, the softmax and every sum in float32 (P stored as bf16 unnormalised, its row sums taken
+// from the rounded values, so y = P v / sum is a weighted mean of v: v carries a column of ones,
+// so the product itself gives each row's sum, no horizontal sum per row). Windows of a multiple of
+// 32 tokens, dk <= 16, dv <= 64. Two engines for the N x N products, one layout: AMX tiles where
+// the CPU has them and Linux permits them, else AVX-512 BF16 dot products (vdpbf16ps, e.g. AMD
+// Zen 4); both read k^T and v as bf16 pairs (the VNNI layout).
 #if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #define AGILEIR_BF16 1
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__)
@@ -1045,39 +1046,94 @@ void value_all(const uint16_t* pb, int64_t n_, const uint32_t* vv, int64_t dvb, 
 }
 
 
+// qkv rows i0..i0+R-1 (E vectors of 16 columns) = b + z W^T by AVX-512 BF16 dot products: z in
+// bf16 rows of 64 (a constant stride, see score_rows), W^T as pairs of its rows
+template <int E, int R>
+__attribute__((noinline)) void project_rows(const uint16_t* zb, int64_t pairs, const uint32_t* wp, int64_t ldw,
+                                            const float* bq, float* qkv, int64_t ldq, int64_t i0) {
+  __m512 acc[R][E];
+  for (int r = 0; r < R; ++r)
+    for (int e = 0; e < E; ++e) acc[r][e] = _mm512_loadu_ps(bq + 16 * e);
+  const uint16_t* z0 = zb + i0 * 64;
+  for (int64_t p = 0; p < pairs; ++p) {
+    __m512bh wb[E];
+    for (int e = 0; e < E; ++e) wb[e] = (__m512bh)_mm512_loadu_si512(wp + p * ldw + 16 * e);
+    for (int r = 0; r < R; ++r) {
+      int32_t pair;
+      std::memcpy(&pair, z0 + r * 64 + 2 * p, 4);
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(pair);
+      for (int e = 0; e < E; ++e) acc[r][e] = _mm512_dpbf16_ps(acc[r][e], a, wb[e]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int e = 0; e < E; ++e) _mm512_storeu_ps(qkv + (i0 + r) * ldq + 16 * e, acc[r][e]);
+}
+
+void project_all(const uint16_t* zb, int64_t n, int64_t pairs, const uint32_t* wp, int64_t e16, const float* bq,
+                 float* qkv) {
+  for (int64_t i0 = 0; i0 < n; i0 += 8)  // up to 24 accumulators
+    switch (e16 / 16) {
+      case 1: project_rows<1, 8>(zb, pairs, wp, e16, bq, qkv, e16, i0); break;
+      case 2: project_rows<2, 8>(zb, pairs, wp, e16, bq, qkv, e16, i0); break;
+      case 3: project_rows<3, 8>(zb, pairs, wp, e16, bq, qkv, e16, i0); break;
+      case 4: project_rows<4, 4>(zb, pairs, wp, e16, bq, qkv, e16, i0), project_rows<4, 4>(zb, pairs, wp, e16, bq, qkv, e16, i0 + 4); break;
+      case 5: project_rows<5, 4>(zb, pairs, wp, e16, bq, qkv, e16, i0), project_rows<5, 4>(zb, pairs, wp, e16, bq, qkv, e16, i0 + 4); break;
+      default: project_rows<6, 4>(zb, pairs, wp, e16, bq, qkv, e16, i0), project_rows<6, 4>(zb, pairs, wp, e16, bq, qkv, e16, i0 + 4); break;
+    }
+}
+
+// per call: each group's W^T as bf16 pairs of its rows ((dv + 1) / 2 x e16) and its bias padded to e16
+struct Bf16Projections {
+  int64_t e16, pairs;
+  std::vector<uint32_t> wp;
+  std::vector<float> bq;
+  explicit Bf16Projections(const Cascade& c)
+      : e16((c.e + 15) / 16 * 16), pairs((c.dv + 1) / 2), wp(c.groups * pairs * e16), bq(c.groups * e16) {
+    const auto bits = [](float v) { return static_cast<uint32_t>(at::BFloat16(v).x); };
+    for (int64_t j = 0; j < c.groups; ++j)
+      for (int64_t col = 0; col < c.e; ++col) {
+        bq[j * e16 + col] = c.bq[j * c.ep + col];
+        for (int64_t p = 0; p < pairs; ++p) {
+          const float* w = c.wt.data() + j * c.dv * c.ep + col;
+          const uint32_t hi = 2 * p + 1 < c.dv ? bits(w[(2 * p + 1) * c.ep]) : 0;
+          wp[(j * pairs + p) * e16 + col] = bits(w[2 * p * c.ep]) | (hi << 16);
+        }
+      }
+  }
+};
+
 struct Bf16Workspace {  // one thread's buffers for one window's cascade
-  std::vector<float> z, qkv, q, s, y;
-  std::vector<uint16_t> qb, pb;
+  std::vector<float> qkv, q, s, y;
+  std::vector<uint16_t> zb, qb, pb;  // zb: z in bf16 rows of 64, zero past dv
   std::vector<uint32_t> kv, vv;  // bf16 pairs: k^T (dk2/2 x n), v (n/2 x dvb)
-  Bf16Workspace(const Cascade& c, int64_t dk2, int64_t dvb)
-      : z(c.n * c.dvp), qkv(c.n * c.ep), q(c.n * c.dkp), s(c.n * c.n), y(c.n * dvb), qb(c.n * dk2),
+  Bf16Workspace(const Cascade& c, int64_t dk2, int64_t dvb, int64_t e16)
+      : qkv(c.n * e16), q(c.n * c.dkp), s(c.n * c.n), y(c.n * dvb), zb(c.n * 64), qb(c.n * dk2),
         pb(c.n * c.n), kv(dk2 / 2 * c.n), vv(c.n / 2 * dvb) {}
 };
 
-void cascade_window_bf16(const Cascade& c, int64_t w, const float* xw, Bf16Workspace& b, int64_t dk2, int64_t dvb,
-                         bool tiles, at::BFloat16* out) {
-  const int64_t n = c.n, cdim = c.groups * c.dv;
+void cascade_window_bf16(const Cascade& c, const Bf16Projections& pr, int64_t w, const float* xw, Bf16Workspace& b,
+                         int64_t dk2, int64_t dvb, bool tiles, at::BFloat16* out) {
+  const int64_t n = c.n, cdim = c.groups * c.dv, lq = pr.e16;
   const float* mask = c.nw && !c.mask_zero[w % c.nw] ? c.mask + (w % c.nw) * n * c.np : nullptr;
   uint16_t* ob = reinterpret_cast<uint16_t*>(out);
   for (int64_t j = 0; j < c.groups; ++j) {
-    for (int64_t i = 0; i < n; ++i) {  // z = x_j + y_{j-1} (dv <= 64: up to four registers)
+    for (int64_t i = 0; i < n; ++i) {  // z = x_j + y_{j-1} in bf16 (dv <= 64: up to four registers)
       for (int64_t d = 0; d < c.dv; d += 16) {
         const __mmask16 mk = first(c.dv - d);
         __m512 zi = _mm512_maskz_loadu_ps(mk, xw + i * cdim + j * c.dv + d);
         if (j) zi = _mm512_add_ps(zi, _mm512_maskz_loadu_ps(mk, b.y.data() + i * dvb + d));
-        _mm512_mask_storeu_ps(b.z.data() + i * c.dvp + d, mk, zi);
+        _mm256_mask_storeu_epi16(b.zb.data() + i * 64 + d, mk, f32_to_bf16(zi));
       }
     }
-    gemm_from(n, c.ep, c.dv, b.z.data(), c.dvp, 1, c.wt.data() + j * c.dv * c.ep, c.ep, b.qkv.data(), c.ep,
-              Rows{c.bq.data() + j * c.ep, 0});
+    project_all(b.zb.data(), n, pr.pairs, pr.wp.data() + j * pr.pairs * lq, lq, pr.bq.data() + j * lq, b.qkv.data());
     const float* qf = b.q.data();
     int64_t ldq = c.dkp;
     if (c.ks) {
-      dwconv_forward(b.qkv.data(), c.ep, c.dw + j * c.ks * c.ks * c.dk, c.dwb + j * c.dk, c.m, c.ks, c.dk,
+      dwconv_forward(b.qkv.data(), lq, c.dw + j * c.ks * c.ks * c.dk, c.dwb + j * c.dk, c.m, c.ks, c.dk,
                      b.q.data(), c.dkp);
     } else {
       for (int64_t i = 0; i < n; ++i)
-        for (int64_t d = 0; d < c.dk; ++d) b.q[i * c.dkp + d] = b.qkv[i * c.ep + d] * c.scale;
+        for (int64_t d = 0; d < c.dk; ++d) b.q[i * c.dkp + d] = b.qkv[i * lq + d] * c.scale;
     }
     // q in bf16 rows; k^T as pairs of its columns (the B layout of the tiles); v likewise
     alignas(64) uint32_t pair[16];
@@ -1086,17 +1142,17 @@ void cascade_window_bf16(const Cascade& c, int64_t w, const float* xw, Bf16Works
       const __m256i qh = f32_to_bf16(_mm512_maskz_loadu_ps(dkm, qf + i * ldq));
       _mm256_mask_storeu_epi16(b.qb.data() + i * dk2, first(dk2), qh);
       _mm256_store_si256(reinterpret_cast<__m256i*>(pair),
-                         f32_to_bf16(_mm512_maskz_loadu_ps(dkm, b.qkv.data() + i * c.ep + c.dk)));
+                         f32_to_bf16(_mm512_maskz_loadu_ps(dkm, b.qkv.data() + i * lq + c.dk)));
       for (int64_t r = 0; r < dk2 / 2; ++r) b.kv[r * n + i] = pair[r];
     }
     const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
                                                 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
     const __m512 ones = _mm512_set1_ps(1.0f);
     for (int64_t r = 0; r < n / 2; ++r) {
-      const float* v0 = b.qkv.data() + 2 * r * c.ep + 2 * c.dk;
+      const float* v0 = b.qkv.data() + 2 * r * lq + 2 * c.dk;
       for (int64_t d = 0; d < dvb; d += 16) {
         const __mmask16 mk = first(c.dv - d), one = static_cast<__mmask16>(first(c.dv - d + 1) & ~mk);
-        const __m512bh both = _mm512_cvtne2ps_pbh(_mm512_mask_mov_ps(_mm512_maskz_loadu_ps(mk, v0 + c.ep + d), one, ones),
+        const __m512bh both = _mm512_cvtne2ps_pbh(_mm512_mask_mov_ps(_mm512_maskz_loadu_ps(mk, v0 + lq + d), one, ones),
                                                   _mm512_mask_mov_ps(_mm512_maskz_loadu_ps(mk, v0 + d), one, ones));
         _mm512_storeu_si512(b.vv.data() + r * dvb + d, _mm512_permutexvar_epi16(interleave, (__m512i)both));
       }
@@ -1183,14 +1239,15 @@ at::Tensor cascade_forward_bf16(const at::Tensor& x, const at::Tensor& weight, c
   const float* xp = x.data_ptr<float>();
   at::BFloat16* op = out.data_ptr<at::BFloat16>();
   const int64_t cdim = x.size(2), dk2 = (c.dk + 1) / 2 * 2, dvb = (c.dv + 16) / 16 * 16;
+  const Bf16Projections projections(c);
   at::parallel_for(0, x.size(0), 1, [&](int64_t begin, int64_t end) {
 #ifdef AGILEIR_AMX
     const TileConfig config = cascade_tiles(dk2);
     if (tiles) _tile_loadconfig(&config);
 #endif
-    Bf16Workspace ws(c, dk2, dvb);
+    Bf16Workspace ws(c, dk2, dvb, projections.e16);
     for (int64_t w = begin; w < end; ++w)
-      cascade_window_bf16(c, w, xp + w * c.n * cdim, ws, dk2, dvb, tiles, op + w * c.n * cdim);
+      cascade_window_bf16(c, projections, w, xp + w * c.n * cdim, ws, dk2, dvb, tiles, op + w * c.n * cdim);
 #ifdef AGILEIR_AMX
     if (tiles) _tile_release();
 #endif
