@@ -1009,76 +1009,52 @@ void score_all(const uint16_t* qb, int64_t dk2, const uint32_t* kv, int64_t n_, 
   }
 }
 
-// y rows i0..i0+R-1 (D vectors of 16 columns) = P [v 1], a pair of P's columns against v's pairs
-template <int D, int R, int N>
-__attribute__((noinline)) void value_rows(const uint16_t* pb, int64_t n_, const uint32_t* vv, int64_t dvb, float* y,
-                                          int64_t i0) {
-  const int64_t n = N ? N : n_;
+// out rows i0..i0+R-1 (D vectors of 16 columns) = init + A B by AVX-512 BF16 dot products: A in
+// bf16 rows (LDA: their stride where known at compile time, see score_rows; else 0 and lda),
+// B as pairs of its rows (`pairs` x 16D), init a row broadcast to every row, or zero. y = P [v 1]
+// and each group's qkv = b + z W^T both take this.
+template <int D, int R, int LDA>
+__attribute__((noinline)) void pair_rows(const uint16_t* a, int64_t lda_, int64_t pairs, const uint32_t* b,
+                                         int64_t ldb, const float* init, float* out, int64_t ldo, int64_t i0) {
+  const int64_t lda = LDA ? LDA : lda_;
   __m512 acc[R][D];
   for (int r = 0; r < R; ++r)
-    for (int d = 0; d < D; ++d) acc[r][d] = _mm512_setzero_ps();
-  const uint16_t* p0 = pb + i0 * n;
-  for (int64_t k = 0; k < n / 2; ++k) {
-    __m512bh vb[D];
-    for (int d = 0; d < D; ++d) vb[d] = (__m512bh)_mm512_loadu_si512(vv + k * dvb + 16 * d);
+    for (int d = 0; d < D; ++d) acc[r][d] = init ? _mm512_loadu_ps(init + 16 * d) : _mm512_setzero_ps();
+  const uint16_t* a0 = a + i0 * lda;
+  for (int64_t k = 0; k < pairs; ++k) {
+    __m512bh bk[D];
+    for (int d = 0; d < D; ++d) bk[d] = (__m512bh)_mm512_loadu_si512(b + k * ldb + 16 * d);
     for (int r = 0; r < R; ++r) {
       int32_t pair;
-      std::memcpy(&pair, p0 + r * n + 2 * k, 4);
-      const __m512bh a = (__m512bh)_mm512_set1_epi32(pair);
-      for (int d = 0; d < D; ++d) acc[r][d] = _mm512_dpbf16_ps(acc[r][d], a, vb[d]);
+      std::memcpy(&pair, a0 + r * lda + 2 * k, 4);
+      const __m512bh ar = (__m512bh)_mm512_set1_epi32(pair);
+      for (int d = 0; d < D; ++d) acc[r][d] = _mm512_dpbf16_ps(acc[r][d], ar, bk[d]);
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int d = 0; d < D; ++d) _mm512_storeu_ps(y + (i0 + r) * dvb + 16 * d, acc[r][d]);
+    for (int d = 0; d < D; ++d) _mm512_storeu_ps(out + (i0 + r) * ldo + 16 * d, acc[r][d]);
 }
 
-template <int N>
-void value_all(const uint16_t* pb, int64_t n_, const uint32_t* vv, int64_t dvb, float* y) {
-  const int64_t n = N ? N : n_;
-  for (int64_t i0 = 0; i0 < n; i0 += 8)  // 8 rows of accumulators where they fit in the 32 registers, else 4
-    switch (dvb / 16) {
-      case 1: value_rows<1, 8, N>(pb, n, vv, dvb, y, i0); break;
-      case 2: value_rows<2, 8, N>(pb, n, vv, dvb, y, i0); break;
-      case 3: value_rows<3, 4, N>(pb, n, vv, dvb, y, i0), value_rows<3, 4, N>(pb, n, vv, dvb, y, i0 + 4); break;
-      case 4: value_rows<4, 4, N>(pb, n, vv, dvb, y, i0), value_rows<4, 4, N>(pb, n, vv, dvb, y, i0 + 4); break;
-      default: value_rows<5, 4, N>(pb, n, vv, dvb, y, i0), value_rows<5, 4, N>(pb, n, vv, dvb, y, i0 + 4); break;
-    }
-}
-
-
-// qkv rows i0..i0+R-1 (E vectors of 16 columns) = b + z W^T by AVX-512 BF16 dot products: z in
-// bf16 rows of 64 (a constant stride, see score_rows), W^T as pairs of its rows
-template <int E, int R>
-__attribute__((noinline)) void project_rows(const uint16_t* zb, int64_t pairs, const uint32_t* wp, int64_t ldw,
-                                            const float* bq, float* qkv, int64_t ldq, int64_t i0) {
-  __m512 acc[R][E];
-  for (int r = 0; r < R; ++r)
-    for (int e = 0; e < E; ++e) acc[r][e] = _mm512_loadu_ps(bq + 16 * e);
-  const uint16_t* z0 = zb + i0 * 64;
-  for (int64_t p = 0; p < pairs; ++p) {
-    __m512bh wb[E];
-    for (int e = 0; e < E; ++e) wb[e] = (__m512bh)_mm512_loadu_si512(wp + p * ldw + 16 * e);
-    for (int r = 0; r < R; ++r) {
-      int32_t pair;
-      std::memcpy(&pair, z0 + r * 64 + 2 * p, 4);
-      const __m512bh a = (__m512bh)_mm512_set1_epi32(pair);
-      for (int e = 0; e < E; ++e) acc[r][e] = _mm512_dpbf16_ps(acc[r][e], a, wb[e]);
-    }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int e = 0; e < E; ++e) _mm512_storeu_ps(qkv + (i0 + r) * ldq + 16 * e, acc[r][e]);
-}
-
-void project_all(const uint16_t* zb, int64_t n, int64_t pairs, const uint32_t* wp, int64_t e16, const float* bq,
-                 float* qkv) {
-  for (int64_t i0 = 0; i0 < n; i0 += 8)  // up to 24 accumulators
-    switch (e16 / 16) {
-      case 1: project_rows<1, 8>(zb, pairs, wp, e16, bq, qkv, e16, i0); break;
-      case 2: project_rows<2, 8>(zb, pairs, wp, e16, bq, qkv, e16, i0); break;
-      case 3: project_rows<3, 8>(zb, pairs, wp, e16, bq, qkv, e16, i0); break;
-      case 4: project_rows<4, 4>(zb, pairs, wp, e16, bq, qkv, e16, i0), project_rows<4, 4>(zb, pairs, wp, e16, bq, qkv, e16, i0 + 4); break;
-      case 5: project_rows<5, 4>(zb, pairs, wp, e16, bq, qkv, e16, i0), project_rows<5, 4>(zb, pairs, wp, e16, bq, qkv, e16, i0 + 4); break;
-      default: project_rows<6, 4>(zb, pairs, wp, e16, bq, qkv, e16, i0), project_rows<6, 4>(zb, pairs, wp, e16, bq, qkv, e16, i0 + 4); break;
+// all n rows, B and out `width` columns wide (a multiple of 16, at most 96): 8 rows of
+// accumulators where they fit in the 32 registers, else 4
+template <int LDA>
+void pair_product(const uint16_t* a, int64_t lda, int64_t n, int64_t pairs, const uint32_t* b, int64_t width,
+                  const float* init, float* out) {
+  for (int64_t i0 = 0; i0 < n; i0 += 8)
+    switch (width / 16) {
+      case 1: pair_rows<1, 8, LDA>(a, lda, pairs, b, width, init, out, width, i0); break;
+      case 2: pair_rows<2, 8, LDA>(a, lda, pairs, b, width, init, out, width, i0); break;
+#define AGILEIR_PAIR_ROWS4(D)                                                  \
+  case D:                                                                      \
+    pair_rows<D, 4, LDA>(a, lda, pairs, b, width, init, out, width, i0);       \
+    pair_rows<D, 4, LDA>(a, lda, pairs, b, width, init, out, width, i0 + 4); \
+    break;
+      AGILEIR_PAIR_ROWS4(3)
+      AGILEIR_PAIR_ROWS4(4)
+      AGILEIR_PAIR_ROWS4(5)
+      AGILEIR_PAIR_ROWS4(6)
+#undef AGILEIR_PAIR_ROWS4
+      default: TORCH_CHECK(false, "pair_product: width ", width, " is not 16 to 96");
     }
 }
 
@@ -1125,7 +1101,8 @@ void cascade_window_bf16(const Cascade& c, const Bf16Projections& pr, int64_t w,
         _mm256_mask_storeu_epi16(b.zb.data() + i * 64 + d, mk, f32_to_bf16(zi));
       }
     }
-    project_all(b.zb.data(), n, pr.pairs, pr.wp.data() + j * pr.pairs * lq, lq, pr.bq.data() + j * lq, b.qkv.data());
+    pair_product<64>(b.zb.data(), 64, n, pr.pairs, pr.wp.data() + j * pr.pairs * lq, lq, pr.bq.data() + j * lq,
+                     b.qkv.data());
     const float* qf = b.q.data();
     int64_t ldq = c.dkp;
     if (c.ks) {
@@ -1210,9 +1187,9 @@ void cascade_window_bf16(const Cascade& c, const Bf16Projections& pr, int64_t w,
         }
 #endif
     } else {
-      if (n == 64) value_all<64>(b.pb.data(), n, b.vv.data(), dvb, b.y.data());
-      else if (n == 256) value_all<256>(b.pb.data(), n, b.vv.data(), dvb, b.y.data());
-      else value_all<0>(b.pb.data(), n, b.vv.data(), dvb, b.y.data());
+      if (n == 64) pair_product<64>(b.pb.data(), n, n, n / 2, b.vv.data(), dvb, nullptr, b.y.data());
+      else if (n == 256) pair_product<256>(b.pb.data(), n, n, n / 2, b.vv.data(), dvb, nullptr, b.y.data());
+      else pair_product<0>(b.pb.data(), n, n, n / 2, b.vv.data(), dvb, nullptr, b.y.data());
     }
     const __m512 zero = _mm512_setzero_ps();
     for (int64_t i = 0; i < n; ++i) {
