@@ -27,6 +27,8 @@
 #include <string>
 #include <vector>
 
+#include "simd_math.h"
+
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #endif
@@ -95,30 +97,12 @@ float exp_row(const float* x, float* p, int64_t n, float shift) {
   int64_t j = 0;
   float total = 0.0f;
 #if defined(__AVX2__) && defined(__FMA__)
-  // exp(x) = 2^k * e^r, k = round(x / ln 2), r = x - k ln 2 in [-ln2/2, ln2/2]: a degree-6
-  // polynomial (Cephes' coefficients, relative error ~1e-7), 2^k through the exponent bits.
-  const __m256 log2e = _mm256_set1_ps(1.44269504088896341f);
-  const __m256 ln2_hi = _mm256_set1_ps(0.693359375f), ln2_lo = _mm256_set1_ps(-2.12194440e-4f);
-  const __m256 c0 = _mm256_set1_ps(1.9875691500e-4f), c1 = _mm256_set1_ps(1.3981999507e-3f),
-               c2 = _mm256_set1_ps(8.3334519073e-3f), c3 = _mm256_set1_ps(4.1665795894e-2f),
-               c4 = _mm256_set1_ps(1.6666665459e-1f), c5 = _mm256_set1_ps(5.0000001201e-1f);
-  const __m256 one = _mm256_set1_ps(1.0f), floor = _mm256_set1_ps(kFloor), sh = _mm256_set1_ps(shift);
+  const __m256 floor = _mm256_set1_ps(kFloor), sh = _mm256_set1_ps(shift);
   __m256 acc = _mm256_setzero_ps();
   for (; j + 8 <= n; j += 8) {
     __m256 xv = _mm256_sub_ps(_mm256_loadu_ps(x + j), sh);
     __m256 keep = _mm256_cmp_ps(xv, floor, _CMP_GT_OQ);  // false for -inf (masked pairs): exact zeros
-    xv = _mm256_max_ps(xv, floor);
-    __m256 k = _mm256_round_ps(_mm256_mul_ps(xv, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(k, ln2_hi, xv);
-    r = _mm256_fnmadd_ps(k, ln2_lo, r);
-    __m256 y = _mm256_fmadd_ps(c0, r, c1);
-    y = _mm256_fmadd_ps(y, r, c2);
-    y = _mm256_fmadd_ps(y, r, c3);
-    y = _mm256_fmadd_ps(y, r, c4);
-    y = _mm256_fmadd_ps(y, r, c5);
-    y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, one));
-    __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
-    y = _mm256_and_ps(_mm256_mul_ps(y, _mm256_castsi256_ps(bits)), keep);
+    __m256 y = _mm256_and_ps(agileir::exp8(_mm256_max_ps(xv, floor)), keep);
     _mm256_storeu_ps(p + j, y);
     acc = _mm256_add_ps(acc, y);
   }
@@ -839,12 +823,19 @@ std::vector<at::Tensor> cascade_backward(const at::Tensor& x, const at::Tensor& 
       }
       for (int64_t j = G - 1; j >= 0; --j) {
         Slot s(ws.data() + j * c.slot(), c);
-        for (int64_t i = 0; i < n; ++i) {  // gy = dOut_j (through the ReLU) + the next group's dz (its input took y_j)
+        // gy = dOut_j (through the ReLU) + the next group's dz (its input took y_j). Every operand is
+        // loaded unconditionally and selected after: a conditional read compiles to masked loads,
+        // which cost this loop as much as a product on AMD Zen 3.
+        const bool chained = j + 1 < G;
+        for (int64_t i = 0; i < n; ++i) {
           float* gi = gy.data() + i * c.dvp;  // columns past dv: zero since allocation
           const float* go = gw + i * cdim + j * c.dv;
           const float* yi = s.y + i * c.dvp;
-          for (int64_t d = 0; d < c.dv; ++d)
-            gi[d] = (c.relu && !(yi[d] > 0.0f) ? 0.0f : go[d]) + (j + 1 < G ? gz[i * c.dvp + d] : 0.0f);
+          const float* zi = gz.data() + i * c.dvp;  // read always, used only when chained
+          for (int64_t d = 0; d < c.dv; ++d) {
+            const float g = go[d], y = yi[d], z = zi[d];
+            gi[d] = (c.relu ? (y > 0.0f ? g : 0.0f) : g) + (chained ? z : 0.0f);
+          }
         }
         transpose_block(s.qkv + 2 * c.dk, c.ep, n, c.dv, vt.data(), np);  // v^T; columns past n: zero since allocation
         gemm(n, np, c.dv, gy.data(), c.dvp, vt.data(), np, ds.data(), np, false);  // dP = gy v^T
@@ -1302,9 +1293,11 @@ bool vectorized() {  // whether float32 takes the AVX2 path (else the plain loop
 }
 
 void register_token_norm(pybind11::module& m);  // token_norm.cpp
+void register_gelu(pybind11::module& m);  // gelu.cpp
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   register_token_norm(m);
+  register_gelu(m);
   m.def("vectorized", &vectorized, "whether float32 runs the AVX2 path");
 #if defined(__AVX2__) && defined(__FMA__)
   m.def("cascade_forward", &cascade_forward, "GSWA's group cascade, fused per window (float32)");
