@@ -203,3 +203,24 @@ def test_inference_bias_follows_weight_updates():
     fresh.load_state_dict(model.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(fresh(x), y1)
+
+
+def test_drop_path_residual_is_x_plus_drop_path_with_the_same_draw():
+    """The lean path's one-pass residual against float64 x + keep * y / (1 - p) with the draw of forward."""
+    from agileir.models.network import DropPath
+
+    drop = DropPath(0.5).train()
+    x, y = torch.randn(64, 3, 5, 4), torch.randn(64, 3, 5, 4, requires_grad=True)
+    torch.manual_seed(3)
+    got = drop.residual(x, y)
+    torch.manual_seed(3)
+    keep = torch.empty(64, 1, 1, 1).bernoulli_(0.5)
+    assert 0 < keep.sum() < 64  # some samples dropped, some kept
+    want = x.double() + keep.double() * y.detach().double() / 0.5
+    assert torch.allclose(got.double(), want, rtol=1e-6, atol=1e-6)
+    (grad,) = torch.autograd.grad(got.sum(), y)
+    assert torch.equal(grad, (keep / 0.5).expand_as(y))
+    torch.manual_seed(3)
+    plain = x + DropPath.forward(drop, y)  # forward's own draw
+    assert torch.allclose(got, plain)
+    assert torch.equal(drop.eval().residual(x, y), x + y)

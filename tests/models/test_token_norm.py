@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -185,3 +186,55 @@ def test_fused_blocks_release_the_attention_output_before_the_mlp(monkeypatch) -
     with torch.no_grad():
         model(torch.rand(1, 3, 8, 8))
     assert alive_at_mlp == [False]
+
+
+# ---- the training step's LayerNorm (differentiable, optionally with the window gather) ----------
+
+@pytest.mark.parametrize("c,permuted", [(60, True), (60, False), (16, True), (5, False)])
+def test_layer_norm_forward_and_gradients_match_float64(c, permuted):
+    """Values and the gradients of x, weight and bias against float64 autograd of F.layer_norm and
+    the gather; c = 60 ends in a partial register, 5 has none."""
+    norm = _norm(c)
+    g = torch.Generator().manual_seed(2)
+    x = (torch.randn(2, 6, 8, c, generator=g) * 2 + 0.5).requires_grad_()
+    order = torch.randperm(48, generator=g) if permuted else None
+    assert token_norm.trainable(x, norm)
+    out = token_norm.layer_norm(x, norm.weight, norm.bias, norm.eps, order)
+    grad = torch.randn(out.shape, generator=g)
+    got = torch.autograd.grad(out, (x, norm.weight, norm.bias), grad)
+    leaves = [t.detach().double().requires_grad_() for t in (x, norm.weight, norm.bias)]
+    ref = F.layer_norm(leaves[0], (c,), leaves[1], leaves[2], norm.eps).reshape(2, 48, c)
+    ref = ref[:, order] if permuted else ref
+    want = torch.autograd.grad(ref, leaves, grad.double())
+    assert (out.double() - ref).abs().max() < FP32_TOL
+    for name, a, b in zip(("x", "weight", "bias"), got, want):
+        err = (a.double() - b).abs().max() / b.abs().max()
+        assert err < FP32_TOL, f"grad {name}: {err:.2e}"
+
+
+def test_layer_norm_is_twice_differentiable():
+    """create_graph=True (a gradient penalty) differentiates through ATen's maths in backward."""
+    norm = _norm(12)
+    x = torch.randn(2, 9, 12, requires_grad=True)
+    order = torch.randperm(9)
+    (gx,) = torch.autograd.grad(token_norm.layer_norm(x, norm.weight, norm.bias, norm.eps, order).square().sum(),
+                                x, create_graph=True)
+    (ggx,) = torch.autograd.grad(gx.square().sum(), x)
+    xd = x.detach().double().requires_grad_()
+    ref = F.layer_norm(xd, (12,), norm.weight.double(), norm.bias.double(), norm.eps)[:, order]
+    (gxd,) = torch.autograd.grad(ref.square().sum(), xd, create_graph=True)
+    (ggxd,) = torch.autograd.grad(gxd.square().sum(), xd)
+    assert torch.allclose(gx.double(), gxd, atol=1e-5) and torch.allclose(ggx.double(), ggxd, rtol=1e-4, atol=1e-4)
+
+
+def test_training_blocks_take_the_trainable_norm_and_official_swinir_does_not(monkeypatch):
+    calls = []
+    real = token_norm.layer_norm
+    monkeypatch.setattr(token_norm, "layer_norm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    tiny = dict(embed_dim=12, depths=(2,), num_heads=(2,), window_size=4, key_dim=3)
+    x = torch.rand(1, 3, 8, 8)
+    build_model("agileir-s", **tiny).train()(x).mean().backward()
+    assert len(calls) >= 4  # two blocks: the attention's norm and the MLP's, forward and recompute
+    calls.clear()
+    build_model("swinir-s", **{k: v for k, v in tiny.items() if k != "key_dim"}).train()(x).mean().backward()
+    assert not calls  # SwinIR's official path keeps its own LayerNorm, rolls and partition

@@ -50,6 +50,15 @@ class DropPath(nn.Module):
         keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - self.p)
         return x * keep / (1 - self.p)
 
+    def residual(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``x + self(y)`` in one pass over the feature map (and one in backward): the per-sample
+        factor keep / (1 - p) is formed first, on B numbers, and applied by ``addcmul``. The same
+        random draw as :meth:`forward`; equal to ``x + self(y)`` up to float rounding."""
+        if self.p == 0.0 or not self.training:
+            return x + y
+        keep = y.new_empty((y.shape[0],) + (1,) * (y.ndim - 1)).bernoulli_(1 - self.p).div_(1 - self.p)
+        return torch.addcmul(x, y, keep)
+
     def extra_repr(self) -> str:
         return f"p={self.p}"
 
@@ -98,16 +107,26 @@ class TransformerBlock(nn.Module):
     def attention_branch(self, x: torch.Tensor, mask: torch.Tensor | None, kernel: str = "eager") -> torch.Tensor:
         """attn(LN(x)) over (shifted) windows, (B, H, W, C) -> (B, H, W, C)."""
         b, h, w, c = x.shape
-        y = self.norm1(x)
         if is_official(self.attention, self.attention_impl):  # the official code's rolls (its speed too)
+            y = self.norm1(x)
             if self.shift:
                 y = torch.roll(y, shifts=(-self.shift, -self.shift), dims=(1, 2))
             y = self.attn(window_partition(y, self.window_size), mask if self.shift else None, kernel=kernel)
             y = window_reverse(y, self.window_size, h, w)
             return torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2)) if self.shift else y
-        y = shifted_window_partition(y, self.window_size, self.shift)  # roll and partition in one gather
-        y = self.attn(y, mask if self.shift else None, kernel=kernel)  # (B*nW, N, C)
+        y = self.attn(self._normed_windows(x), mask if self.shift else None, kernel=kernel)  # (B*nW, N, C)
         return shifted_window_reverse(y, self.window_size, h, w, self.shift)
+
+    def _normed_windows(self, x: torch.Tensor) -> torch.Tensor:
+        """LN(x) in (shifted) window order, (B, H, W, C) -> (B*nW, N, C): the roll and partition as
+        one gather, and where the kernels run (:func:`token_norm.trainable`) LayerNorm and gather
+        in one pass forward and one backward."""
+        b, h, w, c = x.shape
+        if token_norm.trainable(x, self.norm1):
+            order, _ = window_token_order(h, w, self.window_size, self.shift, x.device)
+            norm = self.norm1
+            return token_norm.layer_norm(x, norm.weight, norm.bias, norm.eps, order).view(-1, self.window_size ** 2, c)
+        return shifted_window_partition(self.norm1(x), self.window_size, self.shift)
 
     def _fused_inference(self, x: torch.Tensor) -> bool:
         """CPU inference off SwinIR's official path (whose figures stand for the official code) with
@@ -137,8 +156,8 @@ class TransformerBlock(nn.Module):
         if plan.recompute:
             y = recompute_branch(lambda t: self.attention_branch(t, mask, plan.kernel), x, self._branch_parameters,
                                  outputs_unread=True)  # only permutations follow the attention module
-            x = x + self.drop_path(y)
-            return x + self.drop_path(lean_mlp(x, self.norm2, self.mlp))
+            x = self.drop_path.residual(x, y)
+            return self.drop_path.residual(x, lean_mlp(x, self.norm2, self.mlp))
         if self._fused_inference(x):
             return self._fused_forward(x, mask, plan.kernel)
         x = x + self.drop_path(self.attention_branch(x, mask, plan.kernel))

@@ -23,6 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from agileir.models import token_norm
+from agileir.models.gelu import gelu_and_grad
+
 
 def _autocast_state(x: torch.Tensor) -> tuple[str, bool, torch.dtype]:
     device = x.device.type
@@ -124,15 +127,23 @@ def recompute_branch(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
     return _RecomputedBranch.apply(fn, params_fn, preserve_rng, outputs_unread, x, *params_fn())
 
 
+def _layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, fast: bool) -> torch.Tensor:
+    """LayerNorm over x's last dimension: the extension's one-pass kernels where ``fast``
+    (:func:`token_norm.trainable`), else ATen's."""
+    if fast:
+        return token_norm.layer_norm(x, weight, bias, eps).view(x.shape)
+    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+
 class _LeanMlp(torch.autograd.Function):
     """fc2(GELU(fc1(LN(x)))) keeping x and h = fc1(LN(x)); LN(x) and GELU(h) are recomputed."""
 
     @staticmethod
-    def forward(ctx, x, ln_w, ln_b, w1, b1, w2, b2, eps: float):
-        u = F.layer_norm(x, (x.shape[-1],), ln_w, ln_b, eps)
+    def forward(ctx, x, ln_w, ln_b, w1, b1, w2, b2, eps: float, fast_norm: bool):
+        u = _layer_norm(x, ln_w, ln_b, eps, fast_norm)
         h = F.linear(u, w1, b1)
         out = F.linear(F.gelu(h), w2, b2)
-        ctx.eps, ctx.autocast = eps, _autocast_state(x)
+        ctx.eps, ctx.fast_norm, ctx.autocast = eps, fast_norm, _autocast_state(x)
         ctx.save_for_backward(x, h, ln_w, ln_b, w1, b1, w2, b2)
         return out
 
@@ -143,7 +154,7 @@ class _LeanMlp(torch.autograd.Function):
         with _autocast_like(ctx.autocast):
             grads = _LeanMlp._backward(ctx, grad_out)
         return tuple(g if g is None or g.dtype == t.dtype else g.to(t.dtype)
-                     for g, t in zip(grads, ctx.saved_tensors[:1] + ctx.saved_tensors[2:])) + (None,)
+                     for g, t in zip(grads, ctx.saved_tensors[:1] + ctx.saved_tensors[2:])) + (None, None)
 
     @staticmethod
     def _differentiable_backward(ctx, grad_out):
@@ -155,27 +166,23 @@ class _LeanMlp(torch.autograd.Function):
             out = F.linear(F.gelu(F.linear(u, w1, b1)), w2, b2)
         wanted = [t for t in inputs if t.requires_grad]
         grads = iter(torch.autograd.grad(out, wanted, grad_out, allow_unused=True, create_graph=True))
-        return tuple(next(grads) if t.requires_grad else None for t in inputs) + (None,)
+        return tuple(next(grads) if t.requires_grad else None for t in inputs) + (None, None)
 
     @staticmethod
     def _backward(ctx, grad_out):
         x, h, ln_w, ln_b, w1, b1, w2, b2 = ctx.saved_tensors
         dtype = h.dtype  # the compute dtype of the forward (bf16 under autocast)
         go = grad_out.reshape(-1, grad_out.shape[-1]).to(dtype)
-        with torch.enable_grad():
-            h_leaf = h.detach().requires_grad_(True)
-            g = F.gelu(h_leaf)
-        g2 = g.detach().reshape(-1, g.shape[-1])
-        grad_w2 = go.t() @ g2
+        grad_g = (go @ w2.to(dtype)).view_as(h)
+        g, grad_h = gelu_and_grad(h, grad_g)  # GELU(h) recomputed with its gradient, one pass
+        grad_w2 = go.t() @ g.reshape(-1, g.shape[-1])
         grad_b2 = go.sum(0)
-        grad_g = (go @ w2.to(dtype)).view_as(g)
-        (grad_h,) = torch.autograd.grad(g, h_leaf, grad_g)
         gh = grad_h.reshape(-1, grad_h.shape[-1])
         with torch.enable_grad():
             x_leaf = x.detach().requires_grad_(True)
             ln_w_leaf = ln_w.detach().requires_grad_(True)
             ln_b_leaf = ln_b.detach().requires_grad_(True)
-            u = F.layer_norm(x_leaf, (x.shape[-1],), ln_w_leaf, ln_b_leaf, ctx.eps)
+            u = _layer_norm(x_leaf, ln_w_leaf, ln_b_leaf, ctx.eps, ctx.fast_norm)
         grad_w1 = gh.t() @ u.detach().reshape(-1, u.shape[-1]).to(dtype)
         grad_b1 = gh.sum(0)
         grad_u = (gh @ w1.to(dtype)).view_as(u)
@@ -186,4 +193,4 @@ class _LeanMlp(torch.autograd.Function):
 def lean_mlp(x: torch.Tensor, norm: nn.LayerNorm, mlp: nn.Module) -> torch.Tensor:
     """``mlp(norm(x))`` for an ``Mlp`` (fc1, GELU, fc2), storing 3C instead of 6C per token."""
     return _LeanMlp.apply(x, norm.weight, norm.bias, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight,
-                          mlp.fc2.bias, norm.eps)
+                          mlp.fc2.bias, norm.eps, token_norm.trainable(x, norm))

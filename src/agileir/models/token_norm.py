@@ -14,6 +14,7 @@ counting, a CPU where the extension did not build).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
@@ -36,6 +37,50 @@ def available(x: torch.Tensor, *norms: nn.Module) -> bool:
             and all(_plain_norm(norm, x.shape[-1]) for norm in norms) and not is_exporting()
             and _get_current_dispatch_mode() is None and fused.vectorized()
             and hasattr(fused.extension(), "norm_gather"))
+
+
+def trainable(x: torch.Tensor, norm: nn.Module) -> bool:
+    """Whether :func:`layer_norm` takes the kernels for ``x`` (float32 CPU token rows) and ``norm``:
+    as :func:`available`, with gradients allowed (the norm's backward is a kernel too)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and _plain_norm(norm, x.shape[-1])
+            and not is_exporting() and _get_current_dispatch_mode() is None and fused.vectorized()
+            and hasattr(fused.extension(), "norm_gather_backward"))
+
+
+class _NormGather(torch.autograd.Function):
+    """norm(x) with each image's tokens in ``order``, differentiable: backward is one pass too."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, order, eps: float):  # type: ignore[override]
+        ctx.eps = eps
+        ctx.save_for_backward(x, weight, bias, order)
+        return fused.extension().norm_gather(_rows(x), order, weight, bias, eps, False)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, weight, bias, order = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: gradients that can be differentiated again
+            with torch.enable_grad():
+                out = F.layer_norm(x.reshape(x.shape[0], -1, x.shape[-1]), (x.shape[-1],), weight, bias, ctx.eps)
+                out = out[:, order] if order.numel() else out
+            wanted = [t for t in (x, weight, bias) if t.requires_grad]
+            grads = iter(torch.autograd.grad(out, wanted, grad, create_graph=True))
+            return (*(next(grads) if t.requires_grad else None for t in (x, weight, bias)), None, None)
+        dx, dw, db = fused.extension().norm_gather_backward(_rows(x), order, grad.contiguous(), weight, ctx.eps)
+        return dx.view(x.shape), dw, db, None, None
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(x.shape[0], -1, x.shape[-1]).contiguous()
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+               order: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.layer_norm`` over the last dimension of x (B, ..., C) -> (B, T, C) float32, each image's
+    T tokens taken in ``order`` (None: as they are), with autograd (:func:`trainable` must hold for
+    x and the norm): the training step's LayerNorms, and the window gather after the attention's,
+    in one pass forward and one backward."""
+    return _NormGather.apply(x, weight, bias, _order(order), eps)
 
 
 def _order(order: torch.Tensor | None) -> torch.Tensor:
@@ -70,4 +115,4 @@ def add_(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return x.add_(y)
 
 
-__all__ = ["available", "norm_gather", "add_norm", "add_"]
+__all__ = ["available", "trainable", "layer_norm", "norm_gather", "add_norm", "add_"]

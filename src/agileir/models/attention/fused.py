@@ -44,9 +44,11 @@ __all__ = ["available", "extension", "vectorized", "state", "unavailable_reason"
 #: ``0`` turns the fused kernel off (auto plans keep the eager kernel); ``1`` (default) tries it
 FUSED_ENV = "AGILEIR_FUSED"
 _SOURCE = Path(__file__).with_name("csrc") / "window_attention.cpp"
-#: every source of the extension: the attention kernels and the token-row LayerNorm kernels
-#: (:mod:`agileir.models.token_norm`), one module so one build serves both
-_SOURCES = (_SOURCE, _SOURCE.with_name("token_norm.cpp"))
+#: every source of the extension: the attention kernels, the token-row LayerNorm kernels
+#: (:mod:`agileir.models.token_norm`) and GELU's (:mod:`agileir.models.gelu`), one module so one
+#: build serves all; the shared header is part of the build key
+_SOURCES = (_SOURCE, _SOURCE.with_name("token_norm.cpp"), _SOURCE.with_name("gelu.cpp"))
+_HEADERS = (_SOURCE.with_name("simd_math.h"),)
 _NAME = "agileir_window_attention"
 #: -fopenmp: at::parallel_for's OpenMP backend is a header template, serial without it
 _FLAGS = ("-O3", "-march=native", "-fopenmp")
@@ -64,7 +66,7 @@ def _cpu_signature() -> str:
 def _build_key() -> str:
     """What the compiled file depends on: the source, the flags, the CPU, PyTorch and Python."""
     digest = hashlib.sha256()
-    for source in _SOURCES:
+    for source in _SOURCES + _HEADERS:
         digest.update(source.read_bytes())
     digest.update(repr((_FLAGS, _cpu_signature(), torch.__version__, sys.version, platform.machine())).encode())
     return digest.hexdigest()[:12]
@@ -75,7 +77,7 @@ def _load():
     """The compiled extension module, or the reason it could not be had (a string)."""
     if os.environ.get(FUSED_ENV, "1") == "0":
         return f"{FUSED_ENV}=0"
-    missing = [str(source) for source in _SOURCES if not source.is_file()]
+    missing = [str(source) for source in _SOURCES + _HEADERS if not source.is_file()]
     if missing:
         return f"its source {missing[0]} is missing"
     try:

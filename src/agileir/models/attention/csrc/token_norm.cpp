@@ -70,9 +70,13 @@ inline float to_float(uint16_t v) { return bf16_to_float(v); }
 inline void from_float(float* p, float v) { *p = v; }
 inline void from_float(uint16_t* p, float v) { *p = float_to_bf16(v); }
 
-// out = LN(row) * weight + bias for one row of c floats
-template <typename OT>
-inline void norm_row(const float* row, int64_t c, const float* weight, const float* bias, float eps, OT* out) {
+struct RowStats {
+  float mean, rstd;
+};
+
+// mean and 1 / sqrt(biased variance + eps) of one row of c floats: two passes (mean, then the
+// centred sum of squares), as torch.nn.LayerNorm
+inline RowStats row_stats(const float* row, int64_t c, float eps) {
   int64_t i = 0;
   float sum = 0.f;
 #if defined(__AVX2__) && defined(__FMA__)
@@ -94,9 +98,17 @@ inline void norm_row(const float* row, int64_t c, const float* weight, const flo
   sq = hsum(acc2);
 #endif
   for (; i < c; ++i) sq += (row[i] - mean) * (row[i] - mean);
-  const float rstd = 1.f / std::sqrt(sq / static_cast<float>(c) + eps);
-  i = 0;
+  return {mean, 1.f / std::sqrt(sq / static_cast<float>(c) + eps)};
+}
+
+// out = LN(row) * weight + bias for one row of c floats
+template <typename OT>
+inline void norm_row(const float* row, int64_t c, const float* weight, const float* bias, float eps, OT* out) {
+  const RowStats st = row_stats(row, c, eps);
+  const float mean = st.mean, rstd = st.rstd;
+  int64_t i = 0;
 #if defined(__AVX2__) && defined(__FMA__)
+  const __m256 vmean = _mm256_set1_ps(mean);
   const __m256 vrstd = _mm256_set1_ps(rstd);
   for (; i + 8 <= c; i += 8) {
     __m256 d = _mm256_mul_ps(_mm256_sub_ps(load8(row + i), vmean), vrstd);
@@ -198,6 +210,84 @@ std::vector<at::Tensor> add_norm(const at::Tensor& x, const at::Tensor& y, const
   return {sum, normed};
 }
 
+// The gradients of norm_gather (float32 out): grad row r belongs to x row src(r) = b*T + order[r % T].
+// dx row src(r) = rstd (g - mean(g) - xhat mean(g xhat)), g = grad row r * weight, xhat the row's
+// normalised values (statistics recomputed from x as norm_row forms them); dweight = sum grad xhat,
+// dbias = sum grad, over rows, summed per thread and then across threads. Returns (dx, dweight, dbias).
+std::vector<at::Tensor> norm_gather_backward(const at::Tensor& x, const at::Tensor& order, const at::Tensor& grad,
+                                             const at::Tensor& weight, double eps) {
+  check_rows(x, weight, weight);
+  TORCH_CHECK(grad.scalar_type() == at::kFloat && grad.is_contiguous() && grad.numel() == x.numel(),
+              "grad must be a contiguous float32 tensor of x's size");
+  const int64_t c = x.size(-1), rows = x.numel() / c;
+  const bool permuted = order.numel() > 0;
+  if (permuted) check_order(order, rows);
+  const int64_t t = permuted ? order.numel() : rows;
+  const int64_t threads = at::get_num_threads();
+  at::Tensor dx = at::empty(x.sizes(), x.options());
+  at::Tensor partial = at::zeros({threads, 2, c}, x.options());  // per thread: dweight, dbias
+  const float* xp = x.data_ptr<float>();
+  const float* gp = grad.data_ptr<float>();
+  const int64_t* op = permuted ? order.data_ptr<int64_t>() : nullptr;
+  const float* wp = weight.data_ptr<float>();
+  float* dxp = dx.data_ptr<float>();
+  const float fc = static_cast<float>(c), feps = static_cast<float>(eps);
+  at::parallel_for(0, rows, kGrain, [&](int64_t begin, int64_t end) {
+    float* dw = partial.data_ptr<float>() + at::get_thread_num() * 2 * c;
+    float* db = dw + c;
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t src = permuted ? (r / t) * t + op[r % t] : r;
+      const float* xr = xp + src * c;
+      const float* gr = gp + r * c;
+      float* dr = dxp + src * c;
+      const RowStats st = row_stats(xr, c, feps);
+      const float mean = st.mean, rstd = st.rstd;
+      float sg = 0.f, sgx = 0.f;
+      // sums of g and g xhat; dweight and dbias of this row
+      int64_t i = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+      const __m256 vmean = _mm256_set1_ps(mean);
+      const __m256 vrstd = _mm256_set1_ps(rstd);
+      __m256 ag = _mm256_setzero_ps(), agx = _mm256_setzero_ps();
+      for (; i + 8 <= c; i += 8) {
+        const __m256 xh = _mm256_mul_ps(_mm256_sub_ps(load8(xr + i), vmean), vrstd);
+        const __m256 go = load8(gr + i);
+        const __m256 g = _mm256_mul_ps(go, load8(wp + i));
+        ag = _mm256_add_ps(ag, g);
+        agx = _mm256_fmadd_ps(g, xh, agx);
+        store8(dw + i, _mm256_fmadd_ps(go, xh, load8(dw + i)));
+        store8(db + i, _mm256_add_ps(go, load8(db + i)));
+      }
+      sg = hsum(ag);
+      sgx = hsum(agx);
+#endif
+      for (; i < c; ++i) {
+        const float xh = (xr[i] - mean) * rstd, g = gr[i] * wp[i];
+        sg += g;
+        sgx += g * xh;
+        dw[i] += gr[i] * xh;
+        db[i] += gr[i];
+      }
+      const float mg = sg / fc, mgx = sgx / fc;
+      i = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+      const __m256 vmg = _mm256_set1_ps(mg), vmgx = _mm256_set1_ps(mgx);
+      for (; i + 8 <= c; i += 8) {
+        const __m256 xh = _mm256_mul_ps(_mm256_sub_ps(load8(xr + i), vmean), vrstd);
+        const __m256 g = _mm256_mul_ps(load8(gr + i), load8(wp + i));
+        store8(dr + i, _mm256_mul_ps(vrstd, _mm256_sub_ps(_mm256_sub_ps(g, vmg), _mm256_mul_ps(xh, vmgx))));
+      }
+#endif
+      for (; i < c; ++i) {
+        const float xh = (xr[i] - mean) * rstd, g = gr[i] * wp[i];
+        dr[i] = rstd * (g - mg - xh * mgx);
+      }
+    }
+  });
+  at::Tensor sums = partial.sum(0);
+  return {dx, sums[0], sums[1]};
+}
+
 // x += y in place, x float32, y bf16 of x's size (the float32 residual stream and a bf16 branch)
 void add_bf16_(at::Tensor& x, const at::Tensor& y) {
   TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.is_contiguous(),
@@ -219,4 +309,5 @@ void register_token_norm(pybind11::module& m) {
   m.def("norm_gather", &norm_gather, "LayerNorm of permuted token rows, float32 or bf16 out");
   m.def("add_norm", &add_norm, "residual add of permuted rows and LayerNorm of the sum: (sum, normed)");
   m.def("add_bf16_", &add_bf16_, "float32 += bf16 in place");
+  m.def("norm_gather_backward", &norm_gather_backward, "gradients of norm_gather (float32): (dx, dweight, dbias)");
 }
