@@ -563,10 +563,87 @@ struct Slot {  // one group's intermediates in a window
   }
 };
 
+// The 3 x 3 depthwise convolution with 8 channels per register: the window's grid copied with a
+// zero border, so that every position takes all nine taps at fixed offsets, each tap's weight (or,
+// in backward, its gradient) in a register for the whole window. GSWA's own shape (dk = 8, 8 x 8
+// windows); the loops below take every other.
+constexpr int64_t kPadMax = 18;  // windows up to 16 x 16
+
+// dst ((m + 2) x (m + 2) x 8) = channels c .. c + 7 of src (m*m rows, row stride ld), zero border
+void pad_grid8(const float* src, int64_t ld, int64_t m, int64_t c, float* dst) {
+  const int64_t mp = m + 2;
+  std::fill(dst, dst + mp * mp * 8, 0.0f);
+  for (int64_t y = 0; y < m; ++y)
+    for (int64_t x = 0; x < m; ++x)
+      _mm256_storeu_ps(dst + ((y + 1) * mp + x + 1) * 8, _mm256_loadu_ps(src + (y * m + x) * ld + c));
+}
+
+bool dwconv3_applies(int64_t m, int64_t ks, int64_t dk) { return ks == 3 && dk % 8 == 0 && m + 2 <= kPadMax; }
+
+void dwconv3_forward(const float* q0, int64_t ldp, const float* w, const float* wb, int64_t m, int64_t dk, float* q,
+                     int64_t ldq) {
+  alignas(32) float pad[kPadMax * kPadMax * 8];
+  const int64_t mp = m + 2;
+  for (int64_t c = 0; c < dk; c += 8) {
+    pad_grid8(q0, ldp, m, c, pad);
+    __m256 wt[9];
+    for (int t = 0; t < 9; ++t) wt[t] = _mm256_loadu_ps(w + t * dk + c);
+    const __m256 bias = _mm256_loadu_ps(wb + c);
+    for (int64_t y = 0; y < m; ++y)
+      for (int64_t x = 0; x < m; ++x) {
+        const float* p = pad + (y * mp + x) * 8;  // the 3 x 3 neighbourhood's top left
+        __m256 acc = bias;
+        for (int a = 0; a < 3; ++a)
+          for (int b = 0; b < 3; ++b) acc = _mm256_fmadd_ps(wt[a * 3 + b], _mm256_loadu_ps(p + (a * mp + b) * 8), acc);
+        _mm256_storeu_ps(q + (y * m + x) * ldq + c, acc);
+      }
+  }
+}
+
+// dq0 += the input gradient, dw += the weight gradient, dwb += the bias gradient (dq row stride ldq)
+void dwconv3_backward(const float* q0, int64_t ldp, const float* w, const float* dq, int64_t ldq, int64_t m,
+                      int64_t dk, float* dq0, float* dw, float* dwb) {
+  alignas(32) float pad[kPadMax * kPadMax * 8];
+  const int64_t mp = m + 2;
+  for (int64_t c = 0; c < dk; c += 8) {
+    pad_grid8(q0, ldp, m, c, pad);  // dw(a, b) = sum over positions of dq * q0 at the tap's neighbour
+    __m256 gw[9], gb = _mm256_setzero_ps();
+    for (int t = 0; t < 9; ++t) gw[t] = _mm256_setzero_ps();
+    for (int64_t y = 0; y < m; ++y)
+      for (int64_t x = 0; x < m; ++x) {
+        const __m256 g = _mm256_loadu_ps(dq + (y * m + x) * ldq + c);
+        const float* p = pad + (y * mp + x) * 8;
+        gb = _mm256_add_ps(gb, g);
+        for (int a = 0; a < 3; ++a)
+          for (int b = 0; b < 3; ++b) gw[a * 3 + b] = _mm256_fmadd_ps(g, _mm256_loadu_ps(p + (a * mp + b) * 8), gw[a * 3 + b]);
+      }
+    for (int t = 0; t < 9; ++t) _mm256_storeu_ps(dw + t * dk + c, _mm256_add_ps(_mm256_loadu_ps(dw + t * dk + c), gw[t]));
+    _mm256_storeu_ps(dwb + c, _mm256_add_ps(_mm256_loadu_ps(dwb + c), gb));
+    // dq0(y, x) = sum over taps of w(a, b) dq(y + 1 - a, x + 1 - b): a gather from dq's padded grid
+    pad_grid8(dq, ldq, m, c, pad);
+    __m256 wt[9];
+    for (int t = 0; t < 9; ++t) wt[t] = _mm256_loadu_ps(w + t * dk + c);
+    for (int64_t y = 0; y < m; ++y)
+      for (int64_t x = 0; x < m; ++x) {
+        const float* p = pad + (y * mp + x) * 8;  // padded (y + 2 - a, x + 2 - b) is p + ((2 - a) mp + 2 - b)
+        __m256 acc = _mm256_setzero_ps();
+        for (int a = 0; a < 3; ++a)
+          for (int b = 0; b < 3; ++b)
+            acc = _mm256_fmadd_ps(wt[a * 3 + b], _mm256_loadu_ps(p + ((2 - a) * mp + 2 - b) * 8), acc);
+        float* d = dq0 + (y * m + x) * ldp + c;
+        _mm256_storeu_ps(d, _mm256_add_ps(_mm256_loadu_ps(d), acc));
+      }
+  }
+}
+
 // q (n x dk, row stride ldq) = wb + depthwise ks x ks conv of q0 (row stride ldp) over the m x m grid
 void dwconv_forward(const float* q0, int64_t ldp, const float* w, const float* wb, int64_t m, int64_t ks,
                     int64_t dk, float* q, int64_t ldq) {
   const int64_t r = ks / 2;
+  if (dwconv3_applies(m, ks, dk)) {
+    dwconv3_forward(q0, ldp, w, wb, m, dk, q, ldq);
+    return;
+  }
   if (dk % 8 == 0) {  // 8 channels per register
     for (int64_t y = 0; y < m; ++y)
       for (int64_t x = 0; x < m; ++x)
@@ -596,6 +673,10 @@ void dwconv_forward(const float* q0, int64_t ldp, const float* w, const float* w
 // adds to dq0 (row stride ldp), dw and dwb the gradients of dwconv_forward given dq (row stride ldq)
 void dwconv_backward(const float* q0, int64_t ldp, const float* w, const float* dq, int64_t ldq, int64_t m,
                      int64_t ks, int64_t dk, float* dq0, float* dw, float* dwb) {
+  if (dwconv3_applies(m, ks, dk)) {
+    dwconv3_backward(q0, ldp, w, dq, ldq, m, dk, dq0, dw, dwb);
+    return;
+  }
   const int64_t r = ks / 2;
   for (int64_t y = 0; y < m; ++y)
     for (int64_t x = 0; x < m; ++x) {
