@@ -44,7 +44,7 @@ def trainable(x: torch.Tensor, norm: nn.Module) -> bool:
     as :func:`available`, with gradients allowed (the norm's backward is a kernel too)."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and _plain_norm(norm, x.shape[-1])
             and not is_exporting() and _get_current_dispatch_mode() is None and fused.vectorized()
-            and hasattr(fused.extension(), "norm_gather_backward"))
+            and hasattr(fused.extension(), "norm_gather_stats"))
 
 
 class _NormGather(torch.autograd.Function):
@@ -53,12 +53,13 @@ class _NormGather(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, order, eps: float):  # type: ignore[override]
         ctx.eps = eps
-        ctx.save_for_backward(x, weight, bias, order)
-        return fused.extension().norm_gather(_rows(x), order, weight, bias, eps, False)
+        out, stats = fused.extension().norm_gather_stats(_rows(x), order, weight, bias, eps)
+        ctx.save_for_backward(x, weight, bias, order, stats)
+        return out
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        x, weight, bias, order = ctx.saved_tensors
+        x, weight, bias, order, stats = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: gradients that can be differentiated again
             with torch.enable_grad():
                 out = F.layer_norm(x.reshape(x.shape[0], -1, x.shape[-1]), (x.shape[-1],), weight, bias, ctx.eps)
@@ -66,7 +67,7 @@ class _NormGather(torch.autograd.Function):
             wanted = [t for t in (x, weight, bias) if t.requires_grad]
             grads = iter(torch.autograd.grad(out, wanted, grad, create_graph=True))
             return (*(next(grads) if t.requires_grad else None for t in (x, weight, bias)), None, None)
-        dx, dw, db = fused.extension().norm_gather_backward(_rows(x), order, grad.contiguous(), weight, ctx.eps)
+        dx, dw, db = fused.extension().norm_gather_backward(_rows(x), order, grad.contiguous(), weight, stats)
         return dx.view(x.shape), dw, db, None, None
 
 

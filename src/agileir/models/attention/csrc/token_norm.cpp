@@ -103,8 +103,10 @@ inline RowStats row_stats(const float* row, int64_t c, float eps) {
 
 // out = LN(row) * weight + bias for one row of c floats
 template <typename OT>
-inline void norm_row(const float* row, int64_t c, const float* weight, const float* bias, float eps, OT* out) {
+inline void norm_row(const float* row, int64_t c, const float* weight, const float* bias, float eps, OT* out,
+                     float* stats = nullptr) {
   const RowStats st = row_stats(row, c, eps);
+  if (stats) stats[0] = st.mean, stats[1] = st.rstd;
   const float mean = st.mean, rstd = st.rstd;
   int64_t i = 0;
 #if defined(__AVX2__) && defined(__FMA__)
@@ -137,9 +139,10 @@ at::ScalarType out_type(bool bf16) { return bf16 ? at::kBFloat16 : at::kFloat; }
 
 }  // namespace
 
-// out row b*T + i = LN(x row b*T + order[i]) (order empty: the identity); out in float32 or bf16
-at::Tensor norm_gather(const at::Tensor& x, const at::Tensor& order, const at::Tensor& weight,
-                       const at::Tensor& bias, double eps, bool bf16) {
+// out row b*T + i = LN(x row b*T + order[i]) (order empty: the identity); out in float32 or bf16;
+// stats (rows x 2, optional): each out row's mean and 1 / std, for norm_gather_backward
+at::Tensor norm_gather_impl(const at::Tensor& x, const at::Tensor& order, const at::Tensor& weight,
+                            const at::Tensor& bias, double eps, bool bf16, float* stats) {
   check_rows(x, weight, bias);
   const int64_t c = x.size(-1), rows = x.numel() / c;
   const bool permuted = order.numel() > 0;
@@ -154,13 +157,26 @@ at::Tensor norm_gather(const at::Tensor& x, const at::Tensor& order, const at::T
     at::parallel_for(0, rows, kGrain, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t src = permuted ? (r / t) * t + op[r % t] : r;
-        norm_row(xp + src * c, c, wp, bp, static_cast<float>(eps), outp + r * c);
+        norm_row(xp + src * c, c, wp, bp, static_cast<float>(eps), outp + r * c, stats ? stats + 2 * r : nullptr);
       }
     });
   };
   if (bf16) run(reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>()));
   else run(out.data_ptr<float>());
   return out;
+}
+
+at::Tensor norm_gather(const at::Tensor& x, const at::Tensor& order, const at::Tensor& weight,
+                       const at::Tensor& bias, double eps, bool bf16) {
+  return norm_gather_impl(x, order, weight, bias, eps, bf16, nullptr);
+}
+
+// norm_gather in float32 with the rows' statistics: (out, stats), for training
+std::vector<at::Tensor> norm_gather_stats(const at::Tensor& x, const at::Tensor& order, const at::Tensor& weight,
+                                          const at::Tensor& bias, double eps) {
+  at::Tensor stats = at::empty({x.numel() / std::max<int64_t>(x.size(-1), 1), 2}, x.options());
+  at::Tensor out = norm_gather_impl(x, order, weight, bias, eps, false, stats.data_ptr<float>());
+  return {out, stats};
 }
 
 // sum row r = x row r + y row b*T + order[r % T] (y float32 or bf16; order empty: the identity),
@@ -212,10 +228,10 @@ std::vector<at::Tensor> add_norm(const at::Tensor& x, const at::Tensor& y, const
 
 // The gradients of norm_gather (float32 out): grad row r belongs to x row src(r) = b*T + order[r % T].
 // dx row src(r) = rstd (g - mean(g) - xhat mean(g xhat)), g = grad row r * weight, xhat the row's
-// normalised values (statistics recomputed from x as norm_row forms them); dweight = sum grad xhat,
+// normalised values (from the statistics norm_gather_stats saved); dweight = sum grad xhat,
 // dbias = sum grad, over rows, summed per thread and then across threads. Returns (dx, dweight, dbias).
 std::vector<at::Tensor> norm_gather_backward(const at::Tensor& x, const at::Tensor& order, const at::Tensor& grad,
-                                             const at::Tensor& weight, double eps) {
+                                             const at::Tensor& weight, const at::Tensor& stats) {
   check_rows(x, weight, weight);
   TORCH_CHECK(grad.scalar_type() == at::kFloat && grad.is_contiguous() && grad.numel() == x.numel(),
               "grad must be a contiguous float32 tensor of x's size");
@@ -231,7 +247,10 @@ std::vector<at::Tensor> norm_gather_backward(const at::Tensor& x, const at::Tens
   const int64_t* op = permuted ? order.data_ptr<int64_t>() : nullptr;
   const float* wp = weight.data_ptr<float>();
   float* dxp = dx.data_ptr<float>();
-  const float fc = static_cast<float>(c), feps = static_cast<float>(eps);
+  TORCH_CHECK(stats.scalar_type() == at::kFloat && stats.is_contiguous() && stats.numel() == 2 * rows,
+              "stats must be norm_gather_stats's (rows x 2 float32)");
+  const float* stp = stats.data_ptr<float>();
+  const float fc = static_cast<float>(c);
   at::parallel_for(0, rows, kGrain, [&](int64_t begin, int64_t end) {
     float* dw = partial.data_ptr<float>() + at::get_thread_num() * 2 * c;
     float* db = dw + c;
@@ -240,8 +259,7 @@ std::vector<at::Tensor> norm_gather_backward(const at::Tensor& x, const at::Tens
       const float* xr = xp + src * c;
       const float* gr = gp + r * c;
       float* dr = dxp + src * c;
-      const RowStats st = row_stats(xr, c, feps);
-      const float mean = st.mean, rstd = st.rstd;
+      const float mean = stp[2 * r], rstd = stp[2 * r + 1];
       float sg = 0.f, sgx = 0.f;
       // sums of g and g xhat; dweight and dbias of this row
       int64_t i = 0;
@@ -309,5 +327,6 @@ void register_token_norm(pybind11::module& m) {
   m.def("norm_gather", &norm_gather, "LayerNorm of permuted token rows, float32 or bf16 out");
   m.def("add_norm", &add_norm, "residual add of permuted rows and LayerNorm of the sum: (sum, normed)");
   m.def("add_bf16_", &add_bf16_, "float32 += bf16 in place");
+  m.def("norm_gather_stats", &norm_gather_stats, "norm_gather in float32 with the rows' (mean, 1/std)");
   m.def("norm_gather_backward", &norm_gather_backward, "gradients of norm_gather (float32): (dx, dweight, dbias)");
 }
