@@ -29,22 +29,25 @@ def _plain_norm(norm: nn.Module, channels: int) -> bool:
             and norm.bias is not None and norm.weight.dtype == torch.float32 and norm.bias.dtype == torch.float32)
 
 
-def available(x: torch.Tensor, *norms: nn.Module) -> bool:
-    """Whether the fused kernels may run for ``x`` (a float32 CPU tensor of token rows) and these
-    LayerNorms: no gradients (the kernels have no backward), not while exporting or under a Python
-    dispatch mode, the extension built with its AVX2 path."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
-            and all(_plain_norm(norm, x.shape[-1]) for norm in norms) and not is_exporting()
+def _kernels_run(x: torch.Tensor) -> bool:
+    """Float32 CPU token rows, not while exporting or under a Python dispatch mode, the extension
+    built with its AVX2 path (these kernels with it)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and not is_exporting()
             and _get_current_dispatch_mode() is None and fused.vectorized()
-            and hasattr(fused.extension(), "norm_gather"))
+            and hasattr(fused.extension(), "norm_gather_stats"))
+
+
+def available(x: torch.Tensor, *norms: nn.Module) -> bool:
+    """Whether the fused inference kernels may run for ``x`` (a float32 CPU tensor of token rows)
+    and these LayerNorms: no gradients (they have no backward), and :func:`_kernels_run`."""
+    return (not torch.is_grad_enabled() and all(_plain_norm(norm, x.shape[-1]) for norm in norms)
+            and _kernels_run(x))
 
 
 def trainable(x: torch.Tensor, norm: nn.Module) -> bool:
-    """Whether :func:`layer_norm` takes the kernels for ``x`` (float32 CPU token rows) and ``norm``:
-    as :func:`available`, with gradients allowed (the norm's backward is a kernel too)."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and _plain_norm(norm, x.shape[-1])
-            and not is_exporting() and _get_current_dispatch_mode() is None and fused.vectorized()
-            and hasattr(fused.extension(), "norm_gather_stats"))
+    """Whether :func:`layer_norm` takes the kernels for ``x`` and ``norm``: as :func:`available`,
+    with gradients allowed (the norm's backward is a kernel too)."""
+    return _plain_norm(norm, x.shape[-1]) and _kernels_run(x)
 
 
 class _NormGather(torch.autograd.Function):
@@ -62,7 +65,7 @@ class _NormGather(torch.autograd.Function):
         x, weight, bias, order, stats = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: gradients that can be differentiated again
             with torch.enable_grad():
-                out = F.layer_norm(x.reshape(x.shape[0], -1, x.shape[-1]), (x.shape[-1],), weight, bias, ctx.eps)
+                out = F.layer_norm(x.reshape(x.shape[0], -1, x.shape[-1]), x.shape[-1:], weight, bias, ctx.eps)
                 out = out[:, order] if order.numel() else out
             wanted = [t for t in (x, weight, bias) if t.requires_grad]
             grads = iter(torch.autograd.grad(out, wanted, grad, create_graph=True))
@@ -92,8 +95,7 @@ def norm_gather(x: torch.Tensor, norm: nn.LayerNorm, order: torch.Tensor | None 
                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``norm(x)`` with each image's tokens taken in ``order`` (B, H, W, C) -> (B, H*W, C), in ``dtype``
     (float32 or bfloat16). ``order``: a permutation of one image's H*W token indices, or None."""
-    h = x.reshape(x.shape[0], -1, x.shape[-1]).contiguous()
-    return fused.extension().norm_gather(h, _order(order), norm.weight, norm.bias, norm.eps, dtype == torch.bfloat16)
+    return fused.extension().norm_gather(_rows(x), _order(order), norm.weight, norm.bias, norm.eps, dtype == torch.bfloat16)
 
 
 def add_norm(x: torch.Tensor, y: torch.Tensor, order: torch.Tensor | None, norm: nn.LayerNorm,
