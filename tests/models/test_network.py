@@ -224,3 +224,35 @@ def test_drop_path_residual_is_x_plus_drop_path_with_the_same_draw():
     plain = x + DropPath.forward(drop, y)  # forward's own draw
     assert torch.allclose(got, plain)
     assert torch.equal(drop.eval().residual(x, y), x + y)
+
+
+@pytest.mark.parametrize("p", [0.0043, 0.3])  # 1 / (1 - 0.0043) has no bf16 value within 0.3%
+def test_drop_path_residual_of_a_bf16_branch_keeps_the_factor_in_float32(p):
+    """Under bf16 autocast the branch y is bf16 and the stream x float32: the factor 1 / (1 - p)
+    stays float32 (in bf16, 1.0043 would read 1.0078), the sum is float32 against float64 maths,
+    and y's gradient is keep / (1 - p) times the incoming one, rounded to bf16 once."""
+    from agileir.models.network import DropPath
+
+    drop = DropPath(p).train()
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(64, 5, 7, 12, generator=g)  # 420 elements per sample: runs of 8 and a tail
+    y = torch.randn(64, 5, 7, 12, generator=g).bfloat16().requires_grad_()
+    torch.manual_seed(5)
+    got = drop.residual(x, y)
+    torch.manual_seed(5)
+    keep = torch.empty(64, 1, 1, 1).bernoulli_(1 - p)
+    assert 0 < keep.sum() < 64 or p < 0.01
+    factor = keep.double() / (1 - p)
+    assert got.dtype == torch.float32
+    assert (got.double() - (x.double() + factor * y.detach().double())).abs().max() < 1e-5
+    upstream = torch.randn(x.shape, generator=g)
+    (grad,) = torch.autograd.grad(got, y, upstream)
+    want = (upstream.double() * factor).float().bfloat16()  # float32 product, one rounding
+    assert grad.dtype == torch.bfloat16
+    assert ((grad.double() - want.double()).abs() <= want.double().abs() * 2 ** -8).all()
+    assert (grad.double() == want.double()).double().mean() > 0.999
+    # twice differentiable (a gradient penalty): ATen's maths in backward
+    y2 = y.detach().requires_grad_()
+    torch.manual_seed(5)
+    (gy,) = torch.autograd.grad(drop.residual(x, y2).float().square().sum(), y2, create_graph=True)
+    assert gy.requires_grad

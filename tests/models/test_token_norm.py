@@ -212,6 +212,49 @@ def test_layer_norm_forward_and_gradients_match_float64(c, permuted):
         assert err < FP32_TOL, f"grad {name}: {err:.2e}"
 
 
+@pytest.mark.parametrize("c,permuted", [(60, True), (5, False)])
+def test_layer_norm_in_bf16_is_the_float32_result_rounded_and_takes_a_bf16_gradient(c, permuted):
+    """dtype=bfloat16 (the lean MLP's fc1 input under bf16 autocast): the float32 values rounded
+    once, as autocast's cast rounds them, and a bf16 gradient gives the float32 kernel's gradients
+    of that gradient widened (bf16 widens exactly): the same step as the cast pass it saves, up to
+    one float32 rounding where the compiler fuses a multiply-add differently in the two builds of
+    the loop."""
+    norm = _norm(c)
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(2, 6, 8, c, generator=g) * 2 + 0.5).requires_grad_()
+    order = torch.randperm(48, generator=g) if permuted else None
+    out32 = token_norm.layer_norm(x, norm.weight, norm.bias, norm.eps, order)
+    out16 = token_norm.layer_norm(x, norm.weight, norm.bias, norm.eps, order, dtype=torch.bfloat16)
+    assert out16.dtype == torch.bfloat16 and torch.equal(out16, out32.detach().bfloat16())
+    grad = torch.randn(out16.shape, generator=g).bfloat16()
+    got = torch.autograd.grad(out16, (x, norm.weight, norm.bias), grad)
+    want = torch.autograd.grad(out32, (x, norm.weight, norm.bias), grad.float())
+    for a, b in zip(got, want):
+        assert a.dtype == torch.float32 and ((a - b).abs().max() <= 2.4e-7 * b.abs().max())
+    # twice differentiable in bf16 too (ATen's maths, the output rounded alike)
+    (gx,) = torch.autograd.grad(token_norm.layer_norm(x, norm.weight, norm.bias, norm.eps, order,
+                                                      dtype=torch.bfloat16).float().square().sum(), x, create_graph=True)
+    assert gx.requires_grad and torch.isfinite(gx).all()
+
+
+def test_lean_mlp_under_bf16_autocast_reads_a_bf16_norm(monkeypatch):
+    """The lean MLP's LayerNorm writes bf16 under CPU bf16 autocast (no cast pass before fc1) and
+    float32 otherwise; the attention's norm (GSWA's cascade reads float32) stays float32."""
+    dtypes = []
+    real = token_norm.layer_norm
+    monkeypatch.setattr(token_norm, "layer_norm", lambda *a, **k: dtypes.append(k.get("dtype", torch.float32))
+                        or real(*a, **k))
+    tiny = dict(embed_dim=12, depths=(2,), num_heads=(2,), window_size=4, key_dim=3)
+    model = build_model("agileir-s", **tiny).train()
+    x = torch.rand(1, 3, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x).float().mean().backward()
+    assert dtypes.count(torch.bfloat16) == 4 and dtypes.count(torch.float32) == 4, dtypes  # 2 blocks, fwd + recompute
+    dtypes.clear()
+    model(x).mean().backward()
+    assert dtypes and set(dtypes) == {torch.float32}
+
+
 def test_layer_norm_is_twice_differentiable():
     """create_graph=True (a gradient penalty) differentiates through ATen's maths in backward."""
     norm = _norm(12)

@@ -128,10 +128,12 @@ def recompute_branch(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
 
 
 def _layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, fast: bool) -> torch.Tensor:
-    """LayerNorm over x's last dimension: the extension's one-pass kernels where ``fast``
-    (:func:`token_norm.trainable`), else ATen's."""
+    """LayerNorm over x's last dimension, for a linear layer to read: the extension's one-pass
+    kernels where ``fast`` (:func:`token_norm.trainable`), written in bf16 under CPU bf16 autocast
+    (the values autocast's cast would give, without that pass), else ATen's."""
     if fast:
-        return token_norm.layer_norm(x, weight, bias, eps).view(x.shape)
+        bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        return token_norm.layer_norm(x, weight, bias, eps, dtype=torch.bfloat16 if bf16 else torch.float32).view(x.shape)
     return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
 
 

@@ -1,4 +1,4 @@
-"""A transformer block's LayerNorms fused with the window gathers and residual adds (CPU inference).
+"""A transformer block's LayerNorms fused with the window gathers and residual adds (CPU).
 
 Why: at inference each LayerNorm, the (shifted) window gather before the attention, the reverse
 gather after it and each residual add is a separate pass over a feature map much larger than the
@@ -54,9 +54,12 @@ class _NormGather(torch.autograd.Function):
     """norm(x) with each image's tokens in ``order``, differentiable: backward is one pass too."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, order, eps: float):  # type: ignore[override]
+    def forward(ctx, x, weight, bias, order, eps: float, bf16: bool):  # type: ignore[override]
         ctx.eps = eps
-        out, stats = fused.extension().norm_gather_stats(_rows(x), order, weight, bias, eps)
+        ext = fused.extension()
+        # bf16 only when asked: a build from before the flag still runs the float32 call
+        out, stats = (ext.norm_gather_stats(_rows(x), order, weight, bias, eps, True) if bf16
+                      else ext.norm_gather_stats(_rows(x), order, weight, bias, eps))
         ctx.save_for_backward(x, weight, bias, order, stats)
         return out
 
@@ -66,12 +69,12 @@ class _NormGather(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: gradients that can be differentiated again
             with torch.enable_grad():
                 out = F.layer_norm(x.reshape(x.shape[0], -1, x.shape[-1]), x.shape[-1:], weight, bias, ctx.eps)
-                out = out[:, order] if order.numel() else out
+                out = (out[:, order] if order.numel() else out).to(grad.dtype)
             wanted = [t for t in (x, weight, bias) if t.requires_grad]
             grads = iter(torch.autograd.grad(out, wanted, grad, create_graph=True))
-            return (*(next(grads) if t.requires_grad else None for t in (x, weight, bias)), None, None)
+            return (*(next(grads) if t.requires_grad else None for t in (x, weight, bias)), None, None, None)
         dx, dw, db = fused.extension().norm_gather_backward(_rows(x), order, grad.contiguous(), weight, stats)
-        return dx.view(x.shape), dw, db, None, None
+        return dx.view(x.shape), dw, db, None, None, None
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -79,12 +82,13 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
-               order: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.layer_norm`` over the last dimension of x (B, ..., C) -> (B, T, C) float32, each image's
-    T tokens taken in ``order`` (None: as they are), with autograd (:func:`trainable` must hold for
-    x and the norm): the training step's LayerNorms, and the window gather after the attention's,
-    in one pass forward and one backward."""
-    return _NormGather.apply(x, weight, bias, _order(order), eps)
+               order: torch.Tensor | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``F.layer_norm`` over the last dimension of x (B, ..., C) -> (B, T, C), each image's T tokens
+    taken in ``order`` (None: as they are), with autograd (:func:`trainable` must hold for x and
+    the norm): the training step's LayerNorms, and the window gather after the attention's, in one
+    pass forward and one backward. ``dtype`` bfloat16: the float32 result rounded once, as bf16
+    autocast rounds a linear layer's input, for a norm that feeds one (its gradient arrives in bf16)."""
+    return _NormGather.apply(x, weight, bias, _order(order), eps, dtype == torch.bfloat16)
 
 
 def _order(order: torch.Tensor | None) -> torch.Tensor:
@@ -118,4 +122,30 @@ def add_(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return x.add_(y)
 
 
-__all__ = ["available", "trainable", "layer_norm", "norm_gather", "add_norm", "add_"]
+class _ScaledResidual(torch.autograd.Function):
+    """x + scale_b * y for a float32 x and a bf16 y: one pass each way (no widened copy of y)."""
+
+    @staticmethod
+    def forward(ctx, x, y, scale):  # type: ignore[override]
+        ctx.save_for_backward(scale)
+        return fused.extension().residual_bf16(x, y, scale)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (scale,) = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: ATen's maths, differentiable again
+            return grad, (grad * scale.view((-1,) + (1,) * (grad.ndim - 1))).to(torch.bfloat16), None
+        return grad, fused.extension().scale_to_bf16(grad.contiguous(), scale), None
+
+
+def scaled_residual(x: torch.Tensor, y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``x + scale[b] * y`` per sample b (``scale`` float32, shape (B,) or (B, 1, ...)): the
+    stochastic-depth residual. A bf16 ``y`` (a branch under bf16 autocast) on a float32 ``x``
+    takes one-pass kernels forward and backward where they run; elsewhere ``addcmul``."""
+    if (y.dtype == torch.bfloat16 and scale.dtype == torch.float32 and _kernels_run(x) and x.is_contiguous()
+            and y.shape == x.shape and hasattr(fused.extension(), "residual_bf16")):
+        return _ScaledResidual.apply(x, y.contiguous(), scale.reshape(-1).contiguous())
+    return torch.addcmul(x, y, scale.view((-1,) + (1,) * (x.ndim - 1)))
+
+
+__all__ = ["available", "trainable", "layer_norm", "norm_gather", "add_norm", "add_", "scaled_residual"]

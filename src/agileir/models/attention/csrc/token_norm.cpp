@@ -14,6 +14,7 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -171,11 +172,12 @@ at::Tensor norm_gather(const at::Tensor& x, const at::Tensor& order, const at::T
   return norm_gather_impl(x, order, weight, bias, eps, bf16, nullptr);
 }
 
-// norm_gather in float32 with the rows' statistics: (out, stats), for training
+// norm_gather with the rows' statistics: (out, stats), for training; out in bf16 where the next
+// product reads bf16 (a linear layer under bf16 autocast: its own cast would be a pass more)
 std::vector<at::Tensor> norm_gather_stats(const at::Tensor& x, const at::Tensor& order, const at::Tensor& weight,
-                                          const at::Tensor& bias, double eps) {
+                                          const at::Tensor& bias, double eps, bool bf16) {
   at::Tensor stats = at::empty({x.numel() / std::max<int64_t>(x.size(-1), 1), 2}, x.options());
-  at::Tensor out = norm_gather_impl(x, order, weight, bias, eps, false, stats.data_ptr<float>());
+  at::Tensor out = norm_gather_impl(x, order, weight, bias, eps, bf16, stats.data_ptr<float>());
   return {out, stats};
 }
 
@@ -226,15 +228,16 @@ std::vector<at::Tensor> add_norm(const at::Tensor& x, const at::Tensor& y, const
   return {sum, normed};
 }
 
-// The gradients of norm_gather (float32 out): grad row r belongs to x row src(r) = b*T + order[r % T].
+// The gradients of norm_gather: grad (float32, or bf16 for a bf16 out) row r belongs to x row src(r) = b*T + order[r % T].
 // dx row src(r) = rstd (g - mean(g) - xhat mean(g xhat)), g = grad row r * weight, xhat the row's
 // normalised values (from the statistics norm_gather_stats saved); dweight = sum grad xhat,
 // dbias = sum grad, over rows, summed per thread and then across threads. Returns (dx, dweight, dbias).
 std::vector<at::Tensor> norm_gather_backward(const at::Tensor& x, const at::Tensor& order, const at::Tensor& grad,
                                              const at::Tensor& weight, const at::Tensor& stats) {
   check_rows(x, weight, weight);
-  TORCH_CHECK(grad.scalar_type() == at::kFloat && grad.is_contiguous() && grad.numel() == x.numel(),
-              "grad must be a contiguous float32 tensor of x's size");
+  TORCH_CHECK((grad.scalar_type() == at::kFloat || grad.scalar_type() == at::kBFloat16) && grad.is_contiguous() &&
+                  grad.numel() == x.numel(),
+              "grad must be a contiguous float32 or bf16 tensor of x's size");
   const int64_t c = x.size(-1), rows = x.numel() / c;
   const bool permuted = order.numel() > 0;
   if (permuted) check_order(order, rows);
@@ -243,7 +246,6 @@ std::vector<at::Tensor> norm_gather_backward(const at::Tensor& x, const at::Tens
   at::Tensor dx = at::empty(x.sizes(), x.options());
   at::Tensor partial = at::zeros({threads, 2, c}, x.options());  // per thread: dweight, dbias
   const float* xp = x.data_ptr<float>();
-  const float* gp = grad.data_ptr<float>();
   const int64_t* op = permuted ? order.data_ptr<int64_t>() : nullptr;
   const float* wp = weight.data_ptr<float>();
   float* dxp = dx.data_ptr<float>();
@@ -251,57 +253,61 @@ std::vector<at::Tensor> norm_gather_backward(const at::Tensor& x, const at::Tens
               "stats must be norm_gather_stats's (rows x 2 float32)");
   const float* stp = stats.data_ptr<float>();
   const float fc = static_cast<float>(c);
-  at::parallel_for(0, rows, kGrain, [&](int64_t begin, int64_t end) {
-    float* dw = partial.data_ptr<float>() + at::get_thread_num() * 2 * c;
-    float* db = dw + c;
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t src = permuted ? (r / t) * t + op[r % t] : r;
-      const float* xr = xp + src * c;
-      const float* gr = gp + r * c;
-      float* dr = dxp + src * c;
-      const float mean = stp[2 * r], rstd = stp[2 * r + 1];
-      float sg = 0.f, sgx = 0.f;
-      // sums of g and g xhat; dweight and dbias of this row
-      int64_t i = 0;
+  auto run = [&](const auto* gp) {
+    at::parallel_for(0, rows, kGrain, [&](int64_t begin, int64_t end) {
+      float* dw = partial.data_ptr<float>() + at::get_thread_num() * 2 * c;
+      float* db = dw + c;
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t src = permuted ? (r / t) * t + op[r % t] : r;
+        const float* xr = xp + src * c;
+        const auto* gr = gp + r * c;
+        float* dr = dxp + src * c;
+        const float mean = stp[2 * r], rstd = stp[2 * r + 1];
+        float sg = 0.f, sgx = 0.f;
+        // sums of g and g xhat; dweight and dbias of this row
+        int64_t i = 0;
 #if defined(__AVX2__) && defined(__FMA__)
-      const __m256 vmean = _mm256_set1_ps(mean);
-      const __m256 vrstd = _mm256_set1_ps(rstd);
-      __m256 ag = _mm256_setzero_ps(), agx = _mm256_setzero_ps();
-      for (; i + 8 <= c; i += 8) {
-        const __m256 xh = _mm256_mul_ps(_mm256_sub_ps(load8(xr + i), vmean), vrstd);
-        const __m256 go = load8(gr + i);
-        const __m256 g = _mm256_mul_ps(go, load8(wp + i));
-        ag = _mm256_add_ps(ag, g);
-        agx = _mm256_fmadd_ps(g, xh, agx);
-        store8(dw + i, _mm256_fmadd_ps(go, xh, load8(dw + i)));
-        store8(db + i, _mm256_add_ps(go, load8(db + i)));
-      }
-      sg = hsum(ag);
-      sgx = hsum(agx);
+        const __m256 vmean = _mm256_set1_ps(mean);
+        const __m256 vrstd = _mm256_set1_ps(rstd);
+        __m256 ag = _mm256_setzero_ps(), agx = _mm256_setzero_ps();
+        for (; i + 8 <= c; i += 8) {
+          const __m256 xh = _mm256_mul_ps(_mm256_sub_ps(load8(xr + i), vmean), vrstd);
+          const __m256 go = load8(gr + i);
+          const __m256 g = _mm256_mul_ps(go, load8(wp + i));
+          ag = _mm256_add_ps(ag, g);
+          agx = _mm256_fmadd_ps(g, xh, agx);
+          store8(dw + i, _mm256_fmadd_ps(go, xh, load8(dw + i)));
+          store8(db + i, _mm256_add_ps(go, load8(db + i)));
+        }
+        sg = hsum(ag);
+        sgx = hsum(agx);
 #endif
-      for (; i < c; ++i) {
-        const float xh = (xr[i] - mean) * rstd, g = gr[i] * wp[i];
-        sg += g;
-        sgx += g * xh;
-        dw[i] += gr[i] * xh;
-        db[i] += gr[i];
-      }
-      const float mg = sg / fc, mgx = sgx / fc;
-      i = 0;
+        for (; i < c; ++i) {
+          const float xh = (xr[i] - mean) * rstd, go = to_float(gr[i]), g = go * wp[i];
+          sg += g;
+          sgx += g * xh;
+          dw[i] += go * xh;
+          db[i] += go;
+        }
+        const float mg = sg / fc, mgx = sgx / fc;
+        i = 0;
 #if defined(__AVX2__) && defined(__FMA__)
-      const __m256 vmg = _mm256_set1_ps(mg), vmgx = _mm256_set1_ps(mgx);
-      for (; i + 8 <= c; i += 8) {
-        const __m256 xh = _mm256_mul_ps(_mm256_sub_ps(load8(xr + i), vmean), vrstd);
-        const __m256 g = _mm256_mul_ps(load8(gr + i), load8(wp + i));
-        store8(dr + i, _mm256_mul_ps(vrstd, _mm256_sub_ps(_mm256_sub_ps(g, vmg), _mm256_mul_ps(xh, vmgx))));
-      }
+        const __m256 vmg = _mm256_set1_ps(mg), vmgx = _mm256_set1_ps(mgx);
+        for (; i + 8 <= c; i += 8) {
+          const __m256 xh = _mm256_mul_ps(_mm256_sub_ps(load8(xr + i), vmean), vrstd);
+          const __m256 g = _mm256_mul_ps(load8(gr + i), load8(wp + i));
+          store8(dr + i, _mm256_mul_ps(vrstd, _mm256_sub_ps(_mm256_sub_ps(g, vmg), _mm256_mul_ps(xh, vmgx))));
+        }
 #endif
-      for (; i < c; ++i) {
-        const float xh = (xr[i] - mean) * rstd, g = gr[i] * wp[i];
-        dr[i] = rstd * (g - mg - xh * mgx);
+        for (; i < c; ++i) {
+          const float xh = (xr[i] - mean) * rstd, g = to_float(gr[i]) * wp[i];
+          dr[i] = rstd * (g - mg - xh * mgx);
+        }
       }
-    }
-  });
+    });
+  };
+  if (grad.scalar_type() == at::kBFloat16) run(reinterpret_cast<const uint16_t*>(grad.data_ptr<at::BFloat16>()));
+  else run(grad.data_ptr<float>());
   at::Tensor sums = partial.sum(0);
   return {dx, sums[0], sums[1]};
 }
@@ -323,10 +329,75 @@ void add_bf16_(at::Tensor& x, const at::Tensor& y) {
   });
 }
 
+// The training step's residual with a bf16 branch under stochastic depth: out = x + s_b y for
+// sample b (x float32 (B, ...), y bf16 of x's size, s (B,) float32 keep / (1 - p)), and its
+// branch gradient s_b g rounded to bf16 (the dtype y's gradient takes). ATen widens y into a
+// temporary before its addcmul, and multiplies and then casts in backward: a pass more each.
+namespace {
+void check_residual(const at::Tensor& x, const at::Tensor& scale) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.is_contiguous() && x.dim() >= 1,
+              "x must be a contiguous float32 CPU tensor");
+  TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.is_contiguous() && scale.numel() == x.size(0),
+              "scale must be a contiguous float32 with one value per sample");
+}
+
+// f(i, s) over x's elements, s the scale of element i's sample; a sample's elements in runs of 8
+template <typename F>
+void per_sample(const at::Tensor& x, const at::Tensor& scale, F f) {
+  const int64_t per = x.numel() / std::max<int64_t>(x.size(0), 1);
+  const float* sp = scale.data_ptr<float>();
+  at::parallel_for(0, x.numel(), kGrain * 64, [&](int64_t begin, int64_t end) {
+    int64_t i = begin;
+    while (i < end) {
+      const int64_t b = i / per, stop = std::min(end, (b + 1) * per);
+      f(i, stop, sp[b]);
+      i = stop;
+    }
+  });
+}
+}  // namespace
+
+at::Tensor residual_bf16(const at::Tensor& x, const at::Tensor& y, const at::Tensor& scale) {
+  check_residual(x, scale);
+  TORCH_CHECK(y.scalar_type() == at::kBFloat16 && y.is_contiguous() && y.numel() == x.numel(),
+              "y must be a contiguous bf16 tensor of x's size");
+  at::Tensor out = at::empty_like(x);
+  const float* xp = x.data_ptr<float>();
+  const uint16_t* yp = reinterpret_cast<const uint16_t*>(y.data_ptr<at::BFloat16>());
+  float* op = out.data_ptr<float>();
+  per_sample(x, scale, [&](int64_t i, int64_t end, float s) {
+#if defined(__AVX2__) && defined(__FMA__)
+    const __m256 vs = _mm256_set1_ps(s);
+    for (; i + 8 <= end; i += 8) store8(op + i, _mm256_fmadd_ps(vs, load8(yp + i), load8(xp + i)));
+#endif
+    for (; i < end; ++i) op[i] = std::fma(s, bf16_to_float(yp[i]), xp[i]);
+  });
+  return out;
+}
+
+at::Tensor scale_to_bf16(const at::Tensor& g, const at::Tensor& scale) {
+  check_residual(g, scale);
+  at::Tensor out = at::empty(g.sizes(), g.options().dtype(at::kBFloat16));
+  const float* gp = g.data_ptr<float>();
+  uint16_t* op = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
+  per_sample(g, scale, [&](int64_t i, int64_t end, float s) {
+#if defined(__AVX2__) && defined(__FMA__)
+    const __m256 vs = _mm256_set1_ps(s);
+    for (; i + 8 <= end; i += 8) store8(op + i, _mm256_mul_ps(vs, load8(gp + i)));
+#endif
+    for (; i < end; ++i) op[i] = float_to_bf16(s * gp[i]);
+  });
+  return out;
+}
+
 void register_token_norm(pybind11::module& m) {
   m.def("norm_gather", &norm_gather, "LayerNorm of permuted token rows, float32 or bf16 out");
   m.def("add_norm", &add_norm, "residual add of permuted rows and LayerNorm of the sum: (sum, normed)");
   m.def("add_bf16_", &add_bf16_, "float32 += bf16 in place");
-  m.def("norm_gather_stats", &norm_gather_stats, "norm_gather in float32 with the rows' (mean, 1/std)");
-  m.def("norm_gather_backward", &norm_gather_backward, "gradients of norm_gather (float32): (dx, dweight, dbias)");
+  m.def("residual_bf16", &residual_bf16, "x + scale[b] * y, x float32, y bf16, one scale per sample");
+  m.def("scale_to_bf16", &scale_to_bf16, "bf16(scale[b] * g), g float32, one scale per sample");
+  m.def("norm_gather_stats", &norm_gather_stats, "norm_gather with the rows' (mean, 1/std), float32 or bf16 out",
+        pybind11::arg("x"), pybind11::arg("order"), pybind11::arg("weight"), pybind11::arg("bias"), pybind11::arg("eps"),
+        pybind11::arg("bf16") = false);
+  m.def("norm_gather_backward", &norm_gather_backward, "gradients of norm_gather (grad float32 or bf16): (dx, dweight, dbias)");
 }
