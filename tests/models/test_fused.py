@@ -248,6 +248,33 @@ def test_cascade_forward_and_gradients_match_the_float64_reference(case, relu):
 
 
 @needs_cascade
+@pytest.mark.parametrize("case", ["agileir-s-shifted", "window7-kernel5"])
+def test_cascade_backward_reads_a_bf16_gradient_and_writes_a_bf16_output(case):
+    """Under bf16 autocast the output projection's gradient (what the kernel reads) and its input
+    (the cascade's output the kernel writes) are bf16: the gradients equal those of that gradient
+    widened to float32 (bf16 widens exactly), up to one float32 rounding where the compiler fuses a
+    multiply-add differently in the two builds of the loop, and the output is the float32 output
+    rounded to bf16 once."""
+    b_, groups, m, dk, dv, ks, grid = CASCADES[case]
+    x, weight, qkv_bias, dw, dw_bias, bias = _cascade_inputs(b_, groups, m, dk, dv, ks)
+    mask = None if grid is None else shift_mask(grid[0], grid[1], grid[2], grid[2] // 2)
+    args = fused._cascade_args(x.detach(), weight.detach(), qkv_bias.detach(), dw if dw is None else dw.detach(),
+                               dw_bias if dw_bias is None else dw_bias.detach(), bias.detach(), mask)
+    x_, w_, bq_, dw_, dwb_, bias_, mask_ = args
+    taps = fused._taps(dw_, dwb_)
+    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(2)).bfloat16()
+    ext = fused._load()
+    y16, y32 = torch.empty_like(x_, dtype=torch.bfloat16), torch.empty_like(x_)
+    got = ext.cascade_backward(x_, w_, bq_, *taps, bias_, mask_, m, dk ** -0.5, True, g, y16)
+    want = ext.cascade_backward(x_, w_, bq_, *taps, bias_, mask_, m, dk ** -0.5, True, g.float(), y32)
+    assert torch.equal(y16, y32.bfloat16())
+    for a, b in zip(got, want):
+        assert a.dtype == torch.float32 and (a - b).abs().max() <= 2.4e-7 * b.abs().max()
+    with pytest.raises(RuntimeError, match="grad's dtype"):
+        ext.cascade_backward(x_, w_, bq_, *taps, bias_, mask_, m, dk ** -0.5, True, g, y32)
+
+
+@needs_cascade
 def test_cascade_is_twice_differentiable_through_its_reference():
     x, weight, qkv_bias, dw, dw_bias, bias = _cascade_inputs(2, 2, 4, 2, 3, 3)
     args = (dw, dw_bias, bias, None, 4, 0.5, True)  # with the fused ReLU

@@ -307,15 +307,16 @@ class _CascadeProjectionGradients(torch.autograd.Function):
                                "recomputes on the differentiable path instead)")
         g = grad_out.reshape(-1, grad_out.shape[-1])
         dtype = g.dtype  # bf16 under autocast: the projection's products in bf16, as autocast ran them
-        grad_y = (g @ proj_weight.to(dtype)).float().view(x.shape).contiguous()
-        y = torch.empty_like(x)
+        # the kernel reads grad_y and writes y in that dtype (no cast pass either side)
+        grad_y = (g @ proj_weight.to(dtype)).view(x.shape).contiguous()
+        y = torch.empty_like(x, dtype=dtype)
         dx, dweight, dqkv_bias, ddw, ddwb, dbias = _load().cascade_backward(
             x, weight, qkv_bias, *_taps(dw_weight, dw_bias), bias, mask, ctx.window, ctx.scale, ctx.relu, grad_y, y)
         if dw_weight.numel():
             ddw = ddw.transpose(1, 2).reshape(dw_weight.shape)
         else:
             ddw = ddwb = None
-        dproj_weight = (g.t() @ y.view(-1, y.shape[-1]).to(dtype)).to(proj_weight.dtype)
+        dproj_weight = (g.t() @ y.view(-1, y.shape[-1])).to(proj_weight.dtype)
         dproj_bias = None if proj_bias is None else g.sum(0).to(proj_bias.dtype)
         return (dx, dweight, dqkv_bias, ddw, ddwb, dbias, None, dproj_weight, dproj_bias, None, None, None, None)
 

@@ -855,19 +855,22 @@ at::Tensor cascade_forward(const at::Tensor& x, const at::Tensor& weight, const 
   return out;
 }
 
-// gradients of x, weight, qkv bias, depthwise weight and bias, and relative-position bias
+// gradients of x, weight, qkv bias, depthwise weight and bias, and relative-position bias. grad
+// (and out, where given) float32, or both bf16: the dtype of the output projection's products
+// under bf16 autocast, read and written here so that no cast pass precedes or follows
 std::vector<at::Tensor> cascade_backward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bq,
                                          const at::Tensor& dw, const at::Tensor& dwb, const at::Tensor& bias,
                                          const at::Tensor& mask, int64_t m, double scale, bool relu,
                                          const at::Tensor& grad, const at::Tensor& out) {
   const Cascade c = make_cascade(x, weight, bq, dw, dwb, bias, mask, m, scale, relu);
-  TORCH_CHECK(grad.is_contiguous() && grad.sizes() == x.sizes() && grad.scalar_type() == at::kFloat,
-              "grad must be a contiguous float32 shaped like x");
+  const bool bf16 = grad.scalar_type() == at::kBFloat16;
+  TORCH_CHECK(grad.is_contiguous() && grad.sizes() == x.sizes() && (bf16 || grad.scalar_type() == at::kFloat),
+              "grad must be a contiguous float32 or bf16 shaped like x");
   // out (optional): the forward output, written from the recomputed windows (a caller that did not
   // keep it saves its own forward pass)
-  TORCH_CHECK(!out.numel() || (out.is_contiguous() && out.sizes() == x.sizes() && out.scalar_type() == at::kFloat),
-              "out must be empty or a contiguous float32 shaped like x");
-  float* outp = out.numel() ? out.data_ptr<float>() : nullptr;
+  TORCH_CHECK(!out.numel() ||
+                  (out.is_contiguous() && out.sizes() == x.sizes() && out.scalar_type() == grad.scalar_type()),
+              "out must be empty or a contiguous tensor shaped like x in grad's dtype");
   const int64_t threads = at::get_num_threads(), n = c.n, np = c.np, G = c.groups, cdim = x.size(2);
   const int64_t kk = c.ks * c.ks;
   at::Tensor dx = at::empty(x.sizes(), x.options());
@@ -877,85 +880,92 @@ std::vector<at::Tensor> cascade_backward(const at::Tensor& x, const at::Tensor& 
   at::Tensor ddwb_t = at::zeros({threads, G, c.dk}, x.options());
   at::Tensor dbias_t = at::zeros({threads, G, n, n}, x.options());
   const float* xp = x.data_ptr<float>();
-  const float* gp = grad.data_ptr<float>();
   float* dxp = dx.data_ptr<float>();
-  at::parallel_for(0, x.size(0), 1, [&](int64_t begin, int64_t end) {
-    const int64_t tid = at::get_thread_num();
-    float* dwt = dwt_t.data_ptr<float>() + tid * G * c.dv4 * c.ep;
-    float* db = db_t.data_ptr<float>() + tid * G * c.ep;
-    float* ddw = ddw_t.data_ptr<float>() + tid * G * std::max<int64_t>(kk, 1) * c.dk;
-    float* ddwb = ddwb_t.data_ptr<float>() + tid * G * c.dk;
-    float* dbias = dbias_t.data_ptr<float>() + tid * G * n * n;
-    std::vector<float> ws(G * c.slot()), kt(c.dk * np), gy(n * c.dvp), gz(n * c.dvp), ds(n * np),
-        vt(c.dv * np), dq(n * c.dkp), dqkv(n * c.ep);
-    for (int64_t w = begin; w < end; ++w) {
-      const float* xw = xp + w * n * cdim;
-      const float* gw = gp + w * n * cdim;
-      float* dxw = dxp + w * n * cdim;
-      cascade_window(c, w, xw, ws.data(), kt.data(), true, nullptr);
-      if (outp) {
-        for (int64_t j = 0; j < G; ++j) {
-          const float* y = Slot(ws.data() + j * c.slot(), c).y;
+  auto run = [&](const auto* gp, auto* outp) {
+    at::parallel_for(0, x.size(0), 1, [&](int64_t begin, int64_t end) {
+      const int64_t tid = at::get_thread_num();
+      float* dwt = dwt_t.data_ptr<float>() + tid * G * c.dv4 * c.ep;
+      float* db = db_t.data_ptr<float>() + tid * G * c.ep;
+      float* ddw = ddw_t.data_ptr<float>() + tid * G * std::max<int64_t>(kk, 1) * c.dk;
+      float* ddwb = ddwb_t.data_ptr<float>() + tid * G * c.dk;
+      float* dbias = dbias_t.data_ptr<float>() + tid * G * n * n;
+      std::vector<float> ws(G * c.slot()), kt(c.dk * np), gy(n * c.dvp), gz(n * c.dvp), ds(n * np),
+          vt(c.dv * np), dq(n * c.dkp), dqkv(n * c.ep);
+      for (int64_t w = begin; w < end; ++w) {
+        const float* xw = xp + w * n * cdim;
+        const auto* gw = gp + w * n * cdim;
+        float* dxw = dxp + w * n * cdim;
+        cascade_window(c, w, xw, ws.data(), kt.data(), true, nullptr);
+        if (outp) {  // (a bf16 out: each value rounded to nearest even)
+          for (int64_t j = 0; j < G; ++j) {
+            const float* y = Slot(ws.data() + j * c.slot(), c).y;
+            for (int64_t i = 0; i < n; ++i) {
+              auto* oi = outp + (w * n + i) * cdim + j * c.dv;
+              for (int64_t d = 0; d < c.dv; ++d) oi[d] = c.relu ? std::max(y[i * c.dvp + d], 0.0f) : y[i * c.dvp + d];
+            }
+          }
+        }
+        for (int64_t j = G - 1; j >= 0; --j) {
+          Slot s(ws.data() + j * c.slot(), c);
+          // gy = dOut_j (through the ReLU) + the next group's dz (its input took y_j). Every operand is
+          // loaded unconditionally and selected after: a conditional read compiles to masked loads,
+          // which cost this loop as much as a product on AMD Zen 3.
+          const bool chained = j + 1 < G;
           for (int64_t i = 0; i < n; ++i) {
-            float* oi = outp + (w * n + i) * cdim + j * c.dv;
-            for (int64_t d = 0; d < c.dv; ++d) oi[d] = c.relu ? std::max(y[i * c.dvp + d], 0.0f) : y[i * c.dvp + d];
+            float* gi = gy.data() + i * c.dvp;  // columns past dv: zero since allocation
+            const auto* go = gw + i * cdim + j * c.dv;
+            const float* yi = s.y + i * c.dvp;
+            const float* zi = gz.data() + i * c.dvp;  // read always, used only when chained
+            for (int64_t d = 0; d < c.dv; ++d) {
+              const float g = static_cast<float>(go[d]), y = yi[d], z = zi[d];
+              gi[d] = (c.relu ? (y > 0.0f ? g : 0.0f) : g) + (chained ? z : 0.0f);
+            }
           }
-        }
-      }
-      for (int64_t j = G - 1; j >= 0; --j) {
-        Slot s(ws.data() + j * c.slot(), c);
-        // gy = dOut_j (through the ReLU) + the next group's dz (its input took y_j). Every operand is
-        // loaded unconditionally and selected after: a conditional read compiles to masked loads,
-        // which cost this loop as much as a product on AMD Zen 3.
-        const bool chained = j + 1 < G;
-        for (int64_t i = 0; i < n; ++i) {
-          float* gi = gy.data() + i * c.dvp;  // columns past dv: zero since allocation
-          const float* go = gw + i * cdim + j * c.dv;
-          const float* yi = s.y + i * c.dvp;
-          const float* zi = gz.data() + i * c.dvp;  // read always, used only when chained
-          for (int64_t d = 0; d < c.dv; ++d) {
-            const float g = go[d], y = yi[d], z = zi[d];
-            gi[d] = (c.relu ? (y > 0.0f ? g : 0.0f) : g) + (chained ? z : 0.0f);
+          transpose_block(s.qkv + 2 * c.dk, c.ep, n, c.dv, vt.data(), np);  // v^T; columns past n: zero since allocation
+          gemm(n, np, c.dv, gy.data(), c.dvp, vt.data(), np, ds.data(), np, false);  // dP = gy v^T
+          float* dbj = dbias + j * n * n;
+          for (int64_t i = 0; i < n; ++i) {  // dS = P (dP - rowsum(gy y))
+            float delta = 0.0f;
+            for (int64_t d = 0; d < c.dv; ++d) delta += gy[i * c.dvp + d] * s.y[i * c.dvp + d];
+            float* dsi = ds.data() + i * np;
+            const float* pi = s.p + i * np;
+            for (int64_t t = 0; t < n; ++t) {
+              dsi[t] = pi[t] * (dsi[t] - delta);
+              dbj[i * n + t] += dsi[t];
+            }
+            std::fill(dsi + n, dsi + np, 0.0f);
           }
-        }
-        transpose_block(s.qkv + 2 * c.dk, c.ep, n, c.dv, vt.data(), np);  // v^T; columns past n: zero since allocation
-        gemm(n, np, c.dv, gy.data(), c.dvp, vt.data(), np, ds.data(), np, false);  // dP = gy v^T
-        float* dbj = dbias + j * n * n;
-        for (int64_t i = 0; i < n; ++i) {  // dS = P (dP - rowsum(gy y))
-          float delta = 0.0f;
-          for (int64_t d = 0; d < c.dv; ++d) delta += gy[i * c.dvp + d] * s.y[i * c.dvp + d];
-          float* dsi = ds.data() + i * np;
-          const float* pi = s.p + i * np;
-          for (int64_t t = 0; t < n; ++t) {
-            dsi[t] = pi[t] * (dsi[t] - delta);
-            dbj[i * n + t] += dsi[t];
+          gemm(n, c.dkp, n, ds.data(), np, s.qkv + c.dk, c.ep, dq.data(), c.dkp, false);  // dq = dS k
+          // dk = dS^T q and dv = P^T gy straight into dqkv's columns (dS^T, P^T read transposed). dk's
+          // dkp columns may run into v's (zero: q's columns past dk are); dv's come after and win.
+          std::fill(dqkv.begin(), dqkv.end(), 0.0f);
+          gemm_from(n, c.dkp, n, ds.data(), 1, np, s.q, c.dkp, dqkv.data() + c.dk, c.ep, Zeros{});
+          gemm_from(n, c.dvp, n, s.p, 1, np, gy.data(), c.dvp, dqkv.data() + 2 * c.dk, c.ep, Zeros{});
+          if (c.ks) {
+            dwconv_backward(s.qkv, c.ep, c.dw + j * kk * c.dk, dq.data(), c.dkp, c.m, c.ks, c.dk, dqkv.data(),
+                            ddw + j * kk * c.dk, ddwb + j * c.dk);
+          } else {
+            for (int64_t t = 0; t < n; ++t)
+              for (int64_t d = 0; d < c.dk; ++d) dqkv[t * c.ep + d] = dq[t * c.dkp + d] * c.scale;
           }
-          std::fill(dsi + n, dsi + np, 0.0f);
-        }
-        gemm(n, c.dkp, n, ds.data(), np, s.qkv + c.dk, c.ep, dq.data(), c.dkp, false);  // dq = dS k
-        // dk = dS^T q and dv = P^T gy straight into dqkv's columns (dS^T, P^T read transposed). dk's
-        // dkp columns may run into v's (zero: q's columns past dk are); dv's come after and win.
-        std::fill(dqkv.begin(), dqkv.end(), 0.0f);
-        gemm_from(n, c.dkp, n, ds.data(), 1, np, s.q, c.dkp, dqkv.data() + c.dk, c.ep, Zeros{});
-        gemm_from(n, c.dvp, n, s.p, 1, np, gy.data(), c.dvp, dqkv.data() + 2 * c.dk, c.ep, Zeros{});
-        if (c.ks) {
-          dwconv_backward(s.qkv, c.ep, c.dw + j * kk * c.dk, dq.data(), c.dkp, c.m, c.ks, c.dk, dqkv.data(),
-                          ddw + j * kk * c.dk, ddwb + j * c.dk);
-        } else {
+          float* dwtj = dwt + j * c.dv4 * c.ep;  // dW^T += z^T dqkv (rows past dv: discarded)
+          gemm_from(c.dv4, c.ep, n, s.z, 1, c.dvp, dqkv.data(), c.ep, dwtj, c.ep, Rows{dwtj, c.ep});
+          float* dbq = db + j * c.ep;
           for (int64_t t = 0; t < n; ++t)
-            for (int64_t d = 0; d < c.dk; ++d) dqkv[t * c.ep + d] = dq[t * c.dkp + d] * c.scale;
+            for (int64_t r = 0; r < c.e; ++r) dbq[r] += dqkv[t * c.ep + r];
+          gemm(n, c.dvp, c.e, dqkv.data(), c.ep, c.wp.data() + j * c.e * c.dvp, c.dvp, gz.data(), c.dvp, false);
+          for (int64_t i = 0; i < n; ++i)
+            for (int64_t d = 0; d < c.dv; ++d) dxw[i * cdim + j * c.dv + d] = gz[i * c.dvp + d];
         }
-        float* dwtj = dwt + j * c.dv4 * c.ep;  // dW^T += z^T dqkv (rows past dv: discarded)
-        gemm_from(c.dv4, c.ep, n, s.z, 1, c.dvp, dqkv.data(), c.ep, dwtj, c.ep, Rows{dwtj, c.ep});
-        float* dbq = db + j * c.ep;
-        for (int64_t t = 0; t < n; ++t)
-          for (int64_t r = 0; r < c.e; ++r) dbq[r] += dqkv[t * c.ep + r];
-        gemm(n, c.dvp, c.e, dqkv.data(), c.ep, c.wp.data() + j * c.e * c.dvp, c.dvp, gz.data(), c.dvp, false);
-        for (int64_t i = 0; i < n; ++i)
-          for (int64_t d = 0; d < c.dv; ++d) dxw[i * cdim + j * c.dv + d] = gz[i * c.dvp + d];
       }
-    }
-  });
+    });
+  };
+  if (bf16) {
+    using B = at::BFloat16;
+    run(grad.data_ptr<B>(), out.numel() ? out.data_ptr<B>() : static_cast<B*>(nullptr));
+  } else {
+    run(grad.data_ptr<float>(), out.numel() ? out.data_ptr<float>() : static_cast<float*>(nullptr));
+  }
   at::Tensor dweight = dwt_t.sum(0).narrow(1, 0, c.dv).narrow(2, 0, c.e).transpose(1, 2).contiguous();
   at::Tensor dbq = db_t.sum(0).narrow(1, 0, c.e).contiguous();
   at::Tensor ddw = c.ks ? ddw_t.sum(0) : at::empty({0}, x.options());
