@@ -228,7 +228,8 @@ std::vector<at::Tensor> add_norm(const at::Tensor& x, const at::Tensor& y, const
   return {sum, normed};
 }
 
-// The gradients of norm_gather: grad (float32, or bf16 for a bf16 out) row r belongs to x row src(r) = b*T + order[r % T].
+// The gradients of norm_gather: grad (float32, or bf16 for a bf16 out) row r belongs to x row
+// src(r) = b*T + order[r % T].
 // dx row src(r) = rstd (g - mean(g) - xhat mean(g xhat)), g = grad row r * weight, xhat the row's
 // normalised values (from the statistics norm_gather_stats saved); dweight = sum grad xhat,
 // dbias = sum grad, over rows, summed per thread and then across threads. Returns (dx, dweight, dbias).
@@ -341,7 +342,7 @@ void check_residual(const at::Tensor& x, const at::Tensor& scale) {
               "scale must be a contiguous float32 with one value per sample");
 }
 
-// f(i, s) over x's elements, s the scale of element i's sample; a sample's elements in runs of 8
+// f(i, end, s) over x's elements in spans [i, end) within one sample, s that sample's scale
 template <typename F>
 void per_sample(const at::Tensor& x, const at::Tensor& scale, F f) {
   const int64_t per = x.numel() / std::max<int64_t>(x.size(0), 1);
