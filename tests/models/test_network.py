@@ -227,11 +227,20 @@ def test_drop_path_residual_is_x_plus_drop_path_with_the_same_draw():
 
 
 @pytest.mark.parametrize("p", [0.0043, 0.3])  # 1 / (1 - 0.0043) has no bf16 value within 0.3%
-def test_drop_path_residual_of_a_bf16_branch_keeps_the_factor_in_float32(p):
+def test_drop_path_residual_of_a_bf16_branch_keeps_the_factor_in_float32(p, monkeypatch):
     """Under bf16 autocast the branch y is bf16 and the stream x float32: the factor 1 / (1 - p)
     stays float32 (in bf16, 1.0043 would read 1.0078), the sum is float32 against float64 maths,
-    and y's gradient is keep / (1 - p) times the incoming one, rounded to bf16 once."""
+    and y's gradient is keep / (1 - p) times the incoming one, rounded to bf16 once. Where the
+    extension built, its one-pass kernels compute both; else addcmul does, to the same bounds."""
+    from agileir.models.attention import fused
     from agileir.models.network import DropPath
+
+    kernels = []
+    if fused.vectorized() and hasattr(fused.extension(), "residual_bf16"):
+        ext = fused.extension()
+        for name in ("residual_bf16", "scale_to_bf16"):
+            real = getattr(ext, name)
+            monkeypatch.setattr(ext, name, lambda *a, _r=real, _n=name: kernels.append(_n) or _r(*a))
 
     drop = DropPath(p).train()
     g = torch.Generator().manual_seed(4)
@@ -251,6 +260,8 @@ def test_drop_path_residual_of_a_bf16_branch_keeps_the_factor_in_float32(p):
     assert grad.dtype == torch.bfloat16
     assert ((grad.double() - want.double()).abs() <= want.double().abs() * 2 ** -8).all()
     assert (grad.double() == want.double()).double().mean() > 0.999
+    if fused.vectorized() and hasattr(fused.extension(), "residual_bf16"):
+        assert kernels == ["residual_bf16", "scale_to_bf16"]
     # twice differentiable (a gradient penalty): ATen's maths in backward
     y2 = y.detach().requires_grad_()
     torch.manual_seed(5)
