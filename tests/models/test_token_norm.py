@@ -232,8 +232,8 @@ def test_layer_norm_in_bf16_is_the_float32_result_rounded_and_takes_a_bf16_gradi
     for a, b in zip(got, want):
         assert a.dtype == torch.float32 and ((a - b).abs().max() <= 2.4e-7 * b.abs().max())
     # twice differentiable in bf16 too (ATen's maths, the output rounded alike)
-    (gx,) = torch.autograd.grad(token_norm.layer_norm(x, norm.weight, norm.bias, norm.eps, order,
-                                                      dtype=torch.bfloat16).float().square().sum(), x, create_graph=True)
+    out = token_norm.layer_norm(x, norm.weight, norm.bias, norm.eps, order, dtype=torch.bfloat16)
+    (gx,) = torch.autograd.grad(out.float().square().sum(), x, create_graph=True)
     assert gx.requires_grad and torch.isfinite(gx).all()
 
 

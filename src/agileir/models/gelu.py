@@ -4,8 +4,9 @@ Why: the recompute path keeps the MLP's fc1 output h and recomputes GELU(h) in b
 ATen then runs GELU and its backward as two passes over h, each evaluating erf. The extension's
 ``gelu.cpp`` reads h and the incoming gradient once and writes GELU(h) and the gradient of h,
 evaluating erfc and the normal density once per element (measured on an AVX2 CPU, one thread,
-7.9 M elements: 0.90x ATen's two passes, both near the core's memory bandwidth). Within 2.4e-7 of float64 maths relative to
-max(1, |x|) (ATen's own: 2.7e-7). The forward pass keeps ATen's GELU, which is as fast there.
+7.9 M elements: 0.90x ATen's two passes, both near the core's memory bandwidth). Within 2.4e-7
+of float64 maths relative to max(1, |x|) (ATen's own: 2.7e-7). The forward pass keeps ATen's
+GELU, which is as fast there.
 ATen runs wherever :func:`applies` is False (bf16, CUDA, export, a dispatch mode, no extension).
 """
 

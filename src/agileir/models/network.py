@@ -55,8 +55,8 @@ class DropPath(nn.Module):
         factor keep / (1 - p) is formed first, on B numbers, and applied in the same pass
         (:func:`token_norm.scaled_residual`). The factor is in x's dtype (the float32 residual
         stream): in bf16, a branch's dtype under autocast, 1 / (1 - p) is off by up to 0.4% (1 for
-        p below 1/256; 1.0078 for p = 0.0043), a bias on every kept branch, not a rounding noise. The same
-        random draw as :meth:`forward`; equal to ``x + self(y)`` up to float rounding."""
+        p below 1/256; 1.0078 for p = 0.0043), a bias on every kept branch, not rounding noise.
+        The same random draw as :meth:`forward`; equal to ``x + self(y)`` up to float rounding."""
         if self.p == 0.0 or not self.training:
             return x + y
         keep = x.new_empty((x.shape[0],)).bernoulli_(1 - self.p).div_(1 - self.p)

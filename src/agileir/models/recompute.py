@@ -25,6 +25,7 @@ from torch import nn
 
 from agileir.models import token_norm
 from agileir.models.gelu import gelu_and_grad
+from agileir.runtime import compute_dtype
 
 
 def _autocast_state(x: torch.Tensor) -> tuple[str, bool, torch.dtype]:
@@ -132,8 +133,7 @@ def _layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: 
     kernels where ``fast`` (:func:`token_norm.trainable`), written in bf16 under CPU bf16 autocast
     (the values autocast's cast would give, without that pass), else ATen's."""
     if fast:
-        bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-        return token_norm.layer_norm(x, weight, bias, eps, dtype=torch.bfloat16 if bf16 else torch.float32).view(x.shape)
+        return token_norm.layer_norm(x, weight, bias, eps, dtype=compute_dtype(x)).view(x.shape)
     return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
 
 

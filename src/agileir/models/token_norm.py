@@ -99,7 +99,8 @@ def norm_gather(x: torch.Tensor, norm: nn.LayerNorm, order: torch.Tensor | None 
                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``norm(x)`` with each image's tokens taken in ``order`` (B, H, W, C) -> (B, H*W, C), in ``dtype``
     (float32 or bfloat16). ``order``: a permutation of one image's H*W token indices, or None."""
-    return fused.extension().norm_gather(_rows(x), _order(order), norm.weight, norm.bias, norm.eps, dtype == torch.bfloat16)
+    return fused.extension().norm_gather(_rows(x), _order(order), norm.weight, norm.bias, norm.eps,
+                                         dtype == torch.bfloat16)
 
 
 def add_norm(x: torch.Tensor, y: torch.Tensor, order: torch.Tensor | None, norm: nn.LayerNorm,

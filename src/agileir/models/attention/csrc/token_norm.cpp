@@ -398,7 +398,8 @@ void register_token_norm(pybind11::module& m) {
   m.def("residual_bf16", &residual_bf16, "x + scale[b] * y, x float32, y bf16, one scale per sample");
   m.def("scale_to_bf16", &scale_to_bf16, "bf16(scale[b] * g), g float32, one scale per sample");
   m.def("norm_gather_stats", &norm_gather_stats, "norm_gather with the rows' (mean, 1/std), float32 or bf16 out",
-        pybind11::arg("x"), pybind11::arg("order"), pybind11::arg("weight"), pybind11::arg("bias"), pybind11::arg("eps"),
-        pybind11::arg("bf16") = false);
-  m.def("norm_gather_backward", &norm_gather_backward, "gradients of norm_gather (grad float32 or bf16): (dx, dweight, dbias)");
+        pybind11::arg("x"), pybind11::arg("order"), pybind11::arg("weight"), pybind11::arg("bias"),
+        pybind11::arg("eps"), pybind11::arg("bf16") = false);
+  m.def("norm_gather_backward", &norm_gather_backward,
+        "gradients of norm_gather (grad float32 or bf16): (dx, dweight, dbias)");
 }
